@@ -1,0 +1,91 @@
+"""Registries: components are built from config mappings by their ``name:``."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+class Registry:
+    """A name -> class (or function) table for one kind of component."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, Callable] = {}
+
+    def register(self, obj: Callable | None = None, *, name: str | None = None):
+        """Register ``obj`` under ``name`` (default: its ``__name__``); usable as a decorator."""
+
+        def add(target: Callable) -> Callable:
+            key = name or target.__name__
+            if key in self._items and self._items[key] is not target:
+                raise KeyError(f"{self.kind} '{key}' is already registered")
+            self._items[key] = target
+            return target
+
+        return add(obj) if obj is not None else add
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def get(self, name: str, where: str = "") -> Callable:
+        if name not in self._items:
+            raise ConfigError(
+                f"unknown {self.kind} '{name}'{_at(where)}; registered: {', '.join(self.names())}")
+        return self._items[name]
+
+    def build(self, cfg: Mapping[str, Any], where: str = "", **extra: Any) -> Any:
+        """Build the component named by ``cfg['name']`` with the other keys as arguments.
+
+        ``extra`` are arguments supplied by the caller (not the config); config keys win.
+        Unknown keys are an error naming the key, ``where`` and the accepted keys.
+        """
+        if not isinstance(cfg, Mapping) or "name" not in cfg:
+            raise ConfigError(f"{self.kind} config{_at(where)} must be a mapping with a 'name' key, got {cfg!r}")
+        kwargs = dict(cfg)
+        target = self.get(kwargs.pop("name"), where)
+        check_arguments(target, kwargs, where or self.kind)
+        return target(**{**extra, **kwargs})
+
+
+def accepted_arguments(target: Callable) -> tuple[list[str], bool]:
+    """Names ``target`` accepts as keywords, and whether it takes ``**kwargs``."""
+    sig = inspect.signature(target)
+    names, var_kw = [], False
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            var_kw = True
+        elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
+            names.append(p.name)
+    return names, var_kw
+
+
+def check_arguments(target: Callable, kwargs: Mapping[str, Any], where: str) -> None:
+    names, var_kw = accepted_arguments(target)
+    if var_kw:
+        return
+    unknown = [k for k in kwargs if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"unknown key '{unknown[0]}'{_at(where)} for {getattr(target, '__name__', target)}; "
+            f"accepted keys: {', '.join(names)}")
+
+
+def _at(where: str) -> str:
+    return f" in {where}" if where else ""
+
+
+BACKBONES = Registry("backbone")
+HEADS = Registry("head")
+MODELS = Registry("model")
+DATASETS = Registry("dataset")
+TRANSFORMS = Registry("transform")
+HOOKS = Registry("hook")
+OPTIMIZERS = Registry("optimizer")
+LR_SCHEDULERS = Registry("lr_scheduler")

@@ -1,0 +1,27 @@
+"""Shared test helpers: where the reference fixtures live, and small builders."""
+import os
+
+import numpy as np
+import pytest
+
+FIXTURES_ENV = "PASSL_TL_FIXTURES"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_FIXTURES = os.path.join(REPO_ROOT, "..", "shared", "fixtures", "reference")
+
+
+def fixtures_dir() -> str:
+    return os.path.abspath(os.environ.get(FIXTURES_ENV, DEFAULT_FIXTURES))
+
+
+def fixture_path(name: str) -> str:
+    """Path of a reference fixture file; skips the test (naming the variable) when absent."""
+    path = os.path.join(fixtures_dir(), name)
+    if not os.path.exists(path):
+        pytest.skip(f"reference fixture {name} not found in {fixtures_dir()}; "
+                    f"set {FIXTURES_ENV} to the fixtures directory")
+    return path
+
+
+def load_npz(name: str) -> dict:
+    with np.load(fixture_path(name)) as data:
+        return {k: data[k] for k in data.files}
