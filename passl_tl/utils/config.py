@@ -38,10 +38,15 @@ def read_yaml(path: str) -> dict:
 
 
 def merge(base: dict, update: Mapping) -> dict:
-    """Deep-merge ``update`` into a copy of ``base``; a mapping with ``_delete_: true`` replaces."""
+    """Deep-merge ``update`` into a copy of ``base``.
+
+    A mapping replaces instead of merging when it has ``_delete_: true`` or names another
+    component (``name:``) than the one it overrides.
+    """
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and not value.get(DELETE_KEY):
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and not value.get(DELETE_KEY) \
+                and value.get("name", out[key].get("name")) == out[key].get("name"):
             out[key] = merge(out[key], value)
         elif isinstance(value, Mapping):
             out[key] = {k: copy.deepcopy(v) for k, v in value.items() if k != DELETE_KEY}
@@ -149,12 +154,23 @@ def _accepted(node: Any) -> str:
 def check_keys(section: Mapping, allowed: Mapping, path: str, source: str) -> None:
     """Reject keys of ``section`` that ``allowed`` does not have (recursing into plain sub-mappings)."""
     for key, value in section.items():
+        if key not in allowed and _is_component_collection(allowed) and _is_component(value, True):
+            continue
         if key not in allowed:
             raise ConfigError(
                 f"unknown key '{path + key}' in {source}; accepted keys: {', '.join(allowed)}")
         sub = allowed[key]
         if isinstance(sub, dict) and sub and isinstance(value, Mapping) and "name" not in value:
             check_keys(value, sub, f"{path}{key}.", source)
+
+
+def _is_component(value: Any, allow_none: bool = False) -> bool:
+    return (allow_none and value is None) or (isinstance(value, Mapping) and "name" in value)
+
+
+def _is_component_collection(allowed: Mapping) -> bool:
+    """A mapping of named components (such as ``hooks``) accepts new entries."""
+    return bool(allowed) and all(_is_component(v) for v in allowed.values())
 
 
 def load_config(path: str, overrides: Iterable[str] = (), defaults: Mapping | None = None) -> Config:

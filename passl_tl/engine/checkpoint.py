@@ -1,0 +1,41 @@
+"""Atomic checkpoint files: a crash mid-write never leaves a truncated file under the real name."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import paddle
+
+
+def save_atomic(obj: Any, path: str) -> None:
+    """``paddle.save`` to a temporary file in the same directory, fsync, then rename over ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        paddle.save(obj, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise OSError(f"could not write checkpoint {path}: {e}") from e
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str) -> dict:
+    """Read a training checkpoint written by :func:`save_atomic`; errors name the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = paddle.load(path)
+    except Exception as e:  # paddle raises several kinds for a damaged file
+        raise ValueError(f"checkpoint {path} is unreadable (truncated or corrupt?): {e}") from e
+    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+        raise ValueError(f"{path} is not a passl_tl training checkpoint (no 'model'/'epoch' entries)")
+    return state

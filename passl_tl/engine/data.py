@@ -1,0 +1,78 @@
+"""Data loaders: a seeded, resumable, sharded batch sampler and loader construction."""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+import paddle
+
+from ..utils.dist import rank, world_size
+from ..utils.registry import DATASETS, TRANSFORMS, accepted_arguments
+
+
+class ShardedBatchSampler(paddle.io.BatchSampler):
+    """Splits (optionally shuffled) indices over processes and batches them.
+
+    Training (``pad=True``) pads the index list to a multiple of the process count and
+    shuffles with ``RandomState(seed + epoch)``, so every process sees a disjoint shard
+    of the same permutation. Evaluation (``pad=False``) takes ``indices[rank::world]``: each
+    sample is seen by exactly one process. ``set_start_iter(k)`` skips the first ``k``
+    batches of the next pass (resuming mid-epoch).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0,
+                 pad: bool = True):
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.pad = pad
+        self.epoch = 0
+        self.start_iter = 0
+        self.num_replicas, self.rank = world_size(), rank()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_start_iter(self, start_iter: int) -> None:
+        self.start_iter = start_iter
+
+    def _shard(self) -> np.ndarray:
+        indices = np.arange(self.num_samples)
+        if self.shuffle:
+            indices = np.random.RandomState(self.seed + self.epoch).permutation(self.num_samples)
+        if self.pad:
+            total = math.ceil(self.num_samples / self.num_replicas) * self.num_replicas
+            indices = np.concatenate([indices, indices[: total - self.num_samples]])
+        return indices[self.rank::self.num_replicas]
+
+    def __iter__(self):
+        shard = self._shard()
+        start, self.start_iter = self.start_iter, 0
+        for b in range(start, len(self)):
+            yield shard[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        n = len(self._shard()) if not self.pad else math.ceil(self.num_samples / self.num_replicas)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+
+def build_dataset(cfg: Mapping[str, Any], where: str, seed: int):
+    """Build a dataset; the run seed is passed on to datasets that take one."""
+    accepted, _ = accepted_arguments(DATASETS.get(cfg["name"], where))
+    return DATASETS.build(cfg, where, **({"seed": seed} if "seed" in accepted else {}))
+
+
+def build_loader(dataset, batch_size: int, num_workers: int, train: bool, seed: int) -> paddle.io.DataLoader:
+    sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle=train, drop_last=train, seed=seed, pad=train)
+    if train and len(sampler) == 0:
+        raise ValueError(f"the training set has {len(dataset)} images, fewer than one batch of "
+                         f"{batch_size} per process x {world_size()} processes")
+    return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                                use_shared_memory=num_workers > 0)
+
+
+def build_target_builder(cfg: Mapping[str, Any] | None, where: str):
+    return TRANSFORMS.build(cfg, where) if cfg else None

@@ -1,0 +1,28 @@
+"""Default values of every top-level config section (a config may only use these keys)."""
+
+DEFAULTS = {
+    "seed": 0,
+    "device": "cpu",             # "cpu", "gpu" (the launcher picks the card), "gpu:N"
+    "output_dir": "output/run",
+    "epochs": 300,               # cosine epochs; the scheduler's cooldown epochs come on top
+    "amp": {"enable": False, "dtype": "float16", "level": "O1", "init_loss_scaling": 65536.0},
+    "model": {},
+    "data": {
+        "batch_size": 128,        # per process
+        "val_batch_size": 128,
+        "num_workers": 8,
+        "train": {},              # a dataset mapping (name: ...)
+        "val": {},                # a dataset mapping (name: ...)
+        "target": {},             # batch target builder, e.g. TokenLabelTargets
+    },
+    "optimizer": {"name": "AdamW", "lr": 1.6e-3, "weight_decay": 0.05},
+    "lr_scheduler": {"name": "CosineWarmup", "warmup_epochs": 5, "warmup_lr": 1e-6, "min_lr": 1e-5,
+                     "cooldown_epochs": 10},
+    "hooks": {
+        "lr_scheduler": {"name": "LRSchedulerHook"},
+        "optimizer": {"name": "OptimizerHook"},
+        "logger": {"name": "LoggerHook", "interval": 50},
+        "evaluate": {"name": "EvaluateHook", "interval": 1},
+        "checkpoint": {"name": "CheckpointHook", "interval": 1, "keep_last": 5},
+    },
+}

@@ -1,0 +1,39 @@
+"""Top-1/top-5 evaluation that counts every validation image exactly once across processes."""
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+import paddle
+
+from ..utils.dist import all_reduce_sum, world_size
+
+
+@paddle.no_grad()
+def evaluate(model: paddle.nn.Layer, loader: Iterable, amp_context=None) -> dict[str, float]:
+    """Accuracy of ``model`` (eval mode) over ``loader``; the loader shards without padding."""
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = count = 0.0
+    start = time.time()
+    for images, labels in loader:
+        if amp_context is not None:
+            with amp_context():
+                logits = model(images)
+        else:
+            logits = model(images)
+        labels = labels.reshape([-1, 1]).astype("int64")
+        k = min(5, logits.shape[-1])
+        top = paddle.topk(logits.astype("float32"), k=k, axis=-1)[1]
+        hits = (top == labels).astype("float32")
+        correct1 += float(hits[:, 0].sum())
+        correct5 += float(hits.sum())
+        count += labels.shape[0]
+    elapsed = time.time() - start
+    correct1, correct5, count, elapsed = all_reduce_sum([correct1, correct5, count, elapsed])
+    if was_training:
+        model.train()
+    if count == 0:
+        raise ValueError("the validation set is empty")
+    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "count": int(count),
+            "img_per_s": count / max(elapsed / world_size(), 1e-9)}

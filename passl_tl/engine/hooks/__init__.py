@@ -1,0 +1,12 @@
+"""Training hooks; importing this package registers them."""
+from .checkpoint import CheckpointHook
+from .ema import EMAHook
+from .evaluate import EvaluateHook
+from .hook import Hook
+from .logger import LoggerHook
+from .lr_scheduler import LRSchedulerHook
+from .mixtoken import MixTokenHook, sample_mix_box
+from .optimizer import OptimizerHook
+
+__all__ = ["Hook", "CheckpointHook", "EMAHook", "EvaluateHook", "LoggerHook", "LRSchedulerHook",
+           "MixTokenHook", "OptimizerHook", "sample_mix_box"]

@@ -1,0 +1,85 @@
+"""Saves resumable checkpoints (keep the last K), the best weights and the final weights."""
+from __future__ import annotations
+
+import glob
+import os
+import re
+
+
+
+from ...utils.dist import is_main
+from ...utils.logger import get_logger
+from ...utils.registry import HOOKS
+from ..checkpoint import save_atomic
+from .hook import Hook
+
+CKPT_PATTERN = re.compile(r"ckpt_e(\d+)_i(\d+)\.pdckpt$")
+
+
+def checkpoint_name(epoch: int, iters_done: int) -> str:
+    return f"ckpt_e{epoch:04d}_i{iters_done:06d}.pdckpt"
+
+
+def list_checkpoints(directory: str) -> list[str]:
+    """Checkpoint files of ``directory``, oldest first."""
+    found = []
+    for path in glob.glob(os.path.join(directory, "ckpt_e*_i*.pdckpt")):
+        m = CKPT_PATTERN.search(os.path.basename(path))
+        if m:
+            found.append(((int(m.group(1)), int(m.group(2))), path))
+    return [p for _, p in sorted(found)]
+
+
+@HOOKS.register
+class CheckpointHook(Hook):
+    """Every ``interval`` epochs (and every ``interval_iters`` iterations if > 0) writes a full
+    training state; keeps the newest ``keep_last``; writes ``best.pdparams`` when the tracked
+    top-1 improves and ``final.pdparams`` (plus ``final_ema.pdparams``) at the end."""
+
+    priority = 60
+
+    def __init__(self, interval: int = 1, interval_iters: int = 0, keep_last: int = 5, save_best: bool = True):
+        self.interval = interval
+        self.interval_iters = interval_iters
+        self.keep_last = keep_last
+        self.save_best = save_best
+        self.best_top1 = -1.0
+
+    def after_train_iter(self, trainer) -> None:
+        done = trainer.iter + 1
+        if self.interval_iters and done % self.interval_iters == 0 and done < trainer.iters_per_epoch:
+            self._save(trainer, trainer.epoch, done)
+
+    def after_train_epoch(self, trainer) -> None:
+        last = trainer.epoch + 1 == trainer.max_epochs
+        if self.save_best and trainer.metrics and trainer.metrics.get("top1", -1.0) > self.best_top1:
+            self.best_top1 = trainer.metrics["top1"]
+            if is_main():
+                save_atomic(trainer.best_model().state_dict(), os.path.join(trainer.output_dir, "best.pdparams"))
+                get_logger().info(f"new best top-1 {self.best_top1:.3f} at epoch {trainer.epoch}")
+        if (trainer.epoch + 1) % self.interval == 0 or last:
+            self._save(trainer, trainer.epoch, trainer.iters_per_epoch)
+
+    def after_run(self, trainer) -> None:
+        if not is_main():
+            return
+        save_atomic(trainer.model_without_ddp.state_dict(), os.path.join(trainer.output_dir, "final.pdparams"))
+        if trainer.ema is not None:
+            save_atomic(trainer.ema.state_dict(), os.path.join(trainer.output_dir, "final_ema.pdparams"))
+
+    def _save(self, trainer, epoch: int, iters_done: int) -> None:
+        if not is_main():
+            return
+        path = os.path.join(trainer.output_dir, checkpoint_name(epoch, iters_done))
+        save_atomic(trainer.training_state(epoch, iters_done), path)
+        get_logger().info(f"saved checkpoint {path}")
+        for old in list_checkpoints(trainer.output_dir)[:-self.keep_last] if self.keep_last > 0 else []:
+            os.remove(old)
+
+    def state_dict(self) -> dict:
+        return {"best_top1": self.best_top1}
+
+    def set_state_dict(self, state: dict) -> None:
+        self.best_top1 = state["best_top1"]
+
+

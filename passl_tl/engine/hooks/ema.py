@@ -1,0 +1,30 @@
+"""Model EMA as a hook: updated after every optimizer step, saved in checkpoints."""
+from __future__ import annotations
+
+from ...utils.registry import HOOKS
+from ..ema import ModelEMA
+from .hook import Hook
+
+
+@HOOKS.register
+class EMAHook(Hook):
+    """Tracks an EMA copy of the model (official LV-ViT: decay 0.99992); evaluation uses it too."""
+
+    priority = 30
+
+    def __init__(self, decay: float = 0.99992):
+        self.decay = decay
+        self.ema: ModelEMA | None = None
+
+    def before_run(self, trainer) -> None:
+        self.ema = ModelEMA(trainer.model_without_ddp, self.decay)
+        trainer.ema = self.ema
+
+    def after_train_iter(self, trainer) -> None:
+        self.ema.update(trainer.model_without_ddp)
+
+    def state_dict(self) -> dict:
+        return {"ema": self.ema.state_dict()}
+
+    def set_state_dict(self, state: dict) -> None:
+        self.ema.set_state_dict(state["ema"])

@@ -1,0 +1,33 @@
+"""Validation every N epochs (and after the last), of the model and of its EMA if tracked."""
+from __future__ import annotations
+
+from ...utils.dist import broadcast_buffers
+from ...utils.registry import HOOKS
+from ..evaluation import evaluate
+from .hook import Hook
+
+
+@HOOKS.register
+class EvaluateHook(Hook):
+    """Sets ``trainer.metrics`` to the EMA metrics when an EMA exists (as the official
+    recipe picks its best checkpoint), else to the model's; both are kept for logging."""
+
+    priority = 35
+
+    def __init__(self, interval: int = 1):
+        self.interval = interval
+
+    def after_train_epoch(self, trainer) -> None:
+        last = trainer.epoch + 1 == trainer.max_epochs
+        if trainer.val_loader is None or not ((trainer.epoch + 1) % self.interval == 0 or last):
+            trainer.metrics = {}
+            return
+        broadcast_buffers(trainer.model_without_ddp)
+        metrics = {f"model/{k}": v for k, v in evaluate(trainer.model, trainer.val_loader, trainer.amp_context).items()}
+        tracked = "model"
+        if trainer.ema is not None:
+            broadcast_buffers(trainer.ema.module)
+            metrics.update({f"ema/{k}": v for k, v in
+                            evaluate(trainer.ema.module, trainer.val_loader, trainer.amp_context).items()})
+            tracked = "ema"
+        trainer.metrics = {**metrics, "top1": metrics[f"{tracked}/top1"], "tracked": tracked}

@@ -1,0 +1,73 @@
+"""Training logs: stdout + ``log.txt`` and VisualDL scalars (loss, lr, img/s, top-1/top-5)."""
+from __future__ import annotations
+
+import os
+import time
+
+from ...utils.dist import all_reduce_sum, is_main, world_size
+from ...utils.logger import get_logger
+from ...utils.registry import HOOKS
+from .hook import Hook
+
+
+@HOOKS.register
+class LoggerHook(Hook):
+    """Logs every ``interval`` iterations and after each evaluation."""
+
+    priority = 40
+
+    def __init__(self, interval: int = 50, visualdl: bool = True):
+        self.interval = interval
+        self.visualdl = visualdl
+        self.writer = None
+        self._loss_sum = 0.0
+        self._loss_count = 0
+        self._images = 0
+        self._tic = time.time()
+
+    def before_run(self, trainer) -> None:
+        if self.visualdl and is_main():
+            from visualdl import LogWriter
+            self.writer = LogWriter(logdir=os.path.join(trainer.output_dir, "vdl"))
+
+    def before_train_epoch(self, trainer) -> None:
+        self._reset()
+
+    def after_train_iter(self, trainer) -> None:
+        self._loss_sum = self._loss_sum + trainer.loss.detach().astype("float64")  # no host sync per step
+        self._loss_count += 1
+        self._images += trainer.batch_size
+        done = trainer.iter + 1
+        if done % self.interval and done != trainer.iters_per_epoch:
+            return
+        loss_sum, count, images = all_reduce_sum([float(self._loss_sum), self._loss_count, self._images])
+        elapsed = time.time() - self._tic
+        loss, rate, lr = loss_sum / count, images / max(elapsed, 1e-9), trainer.optimizer.get_lr()
+        get_logger().info(
+            f"epoch {trainer.epoch} [{done}/{trainer.iters_per_epoch}] loss {loss:.4f} lr {lr:.3e} "
+            f"{rate:.1f} img/s (x{world_size()} procs)")
+        self._scalar("train/loss", loss, trainer.global_step)
+        self._scalar("train/lr", lr, trainer.global_step)
+        self._scalar("train/img_per_s", rate, trainer.global_step)
+        self._reset()
+
+    def after_train_epoch(self, trainer) -> None:
+        if not trainer.metrics:
+            return
+        parts = [f"{k} {v:.3f}" for k, v in trainer.metrics.items() if k.endswith(("top1", "top5")) and "/" in k]
+        get_logger().info(f"epoch {trainer.epoch} eval: " + ", ".join(parts))
+        for key, value in trainer.metrics.items():
+            if "/" in key:
+                self._scalar(f"val/{key}", value, trainer.epoch)
+
+    def after_run(self, trainer) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def _scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag=tag, value=value, step=step)
+
+    def _reset(self) -> None:
+        self._loss_sum, self._loss_count, self._images = 0.0, 0, 0
+        self._tic = time.time()

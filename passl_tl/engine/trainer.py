@@ -1,0 +1,165 @@
+"""A generic trainer: it runs the loop and the forward pass; everything else is a hook."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import random
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import paddle
+
+from ..utils.config import Config
+from ..utils.dist import is_main, rank, world_size
+from ..utils.logger import get_logger
+from ..utils.registry import HOOKS, LR_SCHEDULERS, OPTIMIZERS
+from .checkpoint import load_checkpoint
+from .data import build_dataset, build_loader, build_target_builder
+from .hooks.hook import Hook
+
+
+def derived_seed(*parts: int) -> int:
+    """A 32-bit seed that depends on every part (run seed, rank, step, ...)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    paddle.seed(seed)
+
+
+def amp_context_from(cfg: Mapping[str, Any]) -> Callable | None:
+    if not cfg.get("enable"):
+        return None
+    return functools.partial(paddle.amp.auto_cast, enable=True, level=cfg["level"], dtype=cfg["dtype"])
+
+
+class Trainer:
+    """Sequences hooks around ``forward -> loss`` for every batch of every epoch.
+
+    State the hooks read and write: ``epoch``, ``iter`` (index in the epoch),
+    ``global_step``, ``mix_box`` (set by MixToken), ``loss``, ``outputs``, ``metrics``.
+    """
+
+    def __init__(self, cfg: Config, model: paddle.nn.Layer, train_loader, val_loader, optimizer,
+                 lr_scheduler, hooks: list[Hook], target_builder=None, scaler=None):
+        self.cfg = cfg
+        self.seed = int(cfg["seed"])
+        self.rank = rank()
+        self.output_dir = cfg["output_dir"]
+        self.model_without_ddp = model
+        self.model = paddle.DataParallel(model) if world_size() > 1 else model
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        self.target_builder = target_builder
+        self.scaler = scaler
+        self.amp_context = amp_context_from(cfg["amp"])
+        self.hooks = sorted(hooks, key=lambda h: h.priority)
+        self.max_epochs = lr_scheduler.total_epochs
+        self.iters_per_epoch = len(train_loader.batch_sampler)
+        self.batch_size = train_loader.batch_sampler.batch_size
+        self.grid_size = getattr(model, "grid_size", None)
+        self.ema = None
+        self.epoch = self.iter = self.global_step = 0
+        self.start_epoch = self.start_iter = 0
+        self.mix_box = None
+        self.loss = self.outputs = None
+        self.metrics: dict[str, Any] = {}
+
+    @classmethod
+    def from_config(cls, cfg: Config, model: paddle.nn.Layer) -> "Trainer":
+        data = cfg["data"]
+        train_set = build_dataset(data["train"], f"data.train of {cfg.source}", cfg["seed"])
+        val_set = build_dataset(data["val"], f"data.val of {cfg.source}", cfg["seed"]) if data["val"] else None
+        train_loader = build_loader(train_set, data["batch_size"], data["num_workers"], True, cfg["seed"])
+        val_loader = (build_loader(val_set, data["val_batch_size"], data["num_workers"], False, cfg["seed"])
+                      if val_set is not None else None)
+        optimizer = OPTIMIZERS.build(cfg["optimizer"], f"optimizer of {cfg.source}", model=model)
+        lr_scheduler = LR_SCHEDULERS.build(cfg["lr_scheduler"], f"lr_scheduler of {cfg.source}",
+                                           base_lr=cfg["optimizer"]["lr"], epochs=cfg["epochs"])
+        hooks = [HOOKS.build(h, f"hooks.{key} of {cfg.source}") for key, h in cfg["hooks"].items() if h]
+        amp = cfg["amp"]
+        scaler = (paddle.amp.GradScaler(init_loss_scaling=amp["init_loss_scaling"])
+                  if amp["enable"] and amp["dtype"] == "float16" else None)
+        target_builder = build_target_builder(data["target"], f"data.target of {cfg.source}")
+        return cls(cfg, model, train_loader, val_loader, optimizer, lr_scheduler, hooks, target_builder, scaler)
+
+    # ----------------------------------------------------------------- loop
+    def train(self, resume: str | None = None) -> dict[str, Any]:
+        os.makedirs(self.output_dir, exist_ok=True)
+        self._call("before_run")
+        if resume:
+            self.resume(resume)
+        for epoch in range(self.start_epoch, self.max_epochs):
+            self.epoch = epoch
+            self._set_epoch(epoch, self.start_iter if epoch == self.start_epoch else 0)
+            self._call("before_train_epoch")
+            self.model.train()
+            first = self.start_iter if epoch == self.start_epoch else 0
+            for self.iter, (images, labels) in enumerate(self.train_loader, start=first):
+                self.global_step = epoch * self.iters_per_epoch + self.iter
+                self._call("before_train_iter")
+                self.train_step(images, labels)
+                self._call("after_train_iter")
+            self._call("after_train_epoch")
+        self._call("after_run")
+        return self.metrics
+
+    def train_step(self, images: paddle.Tensor, labels: paddle.Tensor) -> None:
+        """Forward and loss of one batch; backward and the update are the optimizer hook's."""
+        paddle.seed(derived_seed(self.seed, self.rank, self.global_step))  # drop path / dropout
+        targets = self.target_builder(labels) if self.target_builder is not None else labels
+        with (self.amp_context() if self.amp_context else contextlib.nullcontext()):
+            self.outputs = self.model(images, mix_box=self.mix_box)
+            self.loss = self.model_without_ddp.loss(self.outputs, targets, self.mix_box)
+
+    def _set_epoch(self, epoch: int, start_iter: int) -> None:
+        sampler = self.train_loader.batch_sampler
+        sampler.set_epoch(epoch)
+        sampler.set_start_iter(start_iter)
+        if hasattr(self.train_loader.dataset, "set_epoch"):
+            self.train_loader.dataset.set_epoch(epoch)
+
+    def _call(self, point: str) -> None:
+        for hook in self.hooks:
+            getattr(hook, point)(self)
+
+    # ----------------------------------------------------------- checkpoints
+    def best_model(self) -> paddle.nn.Layer:
+        """The model whose metrics are tracked: the EMA when there is one (official recipe)."""
+        return self.ema.module if self.ema is not None and self.metrics.get("tracked") == "ema" \
+            else self.model_without_ddp
+
+    def training_state(self, epoch: int, iters_done: int) -> dict[str, Any]:
+        return {
+            "model": self.model_without_ddp.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "hooks": {type(h).__name__: h.state_dict() for h in self.hooks},
+            "epoch": epoch,
+            "iters_done": iters_done,
+            "iters_per_epoch": self.iters_per_epoch,
+        }
+
+    def resume(self, path: str) -> None:
+        state = load_checkpoint(path)
+        if state["iters_per_epoch"] != self.iters_per_epoch:
+            raise ValueError(f"cannot resume from {path}: it was written with {state['iters_per_epoch']} "
+                             f"iterations per epoch, this run has {self.iters_per_epoch} (batch size, data "
+                             f"or process count changed)")
+        self.model_without_ddp.set_state_dict(state["model"])
+        self.optimizer.set_state_dict(state["optimizer"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        for hook in self.hooks:
+            if type(hook).__name__ in state["hooks"]:
+                hook.set_state_dict(state["hooks"][type(hook).__name__])
+        self.start_epoch, self.start_iter = state["epoch"], state["iters_done"]
+        if self.start_iter >= self.iters_per_epoch:
+            self.start_epoch, self.start_iter = self.start_epoch + 1, 0
+        if is_main():
+            get_logger().info(f"resumed from {path}: continuing at epoch {self.start_epoch}, "
+                              f"iteration {self.start_iter}")
+

@@ -1,0 +1,79 @@
+"""Train or evaluate a model described by a YAML config.
+
+    python tools/train.py -c configs/lvvit/lvvit_tiny.yaml [-o key.sub=value ...]
+    python tools/train.py -c configs/lvvit/lvvit_tiny.yaml --load W.pdparams --evaluate-only
+    python -m paddle.distributed.launch --gpus=0,1,2,3 tools/train.py -c ...
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import paddle  # noqa: E402
+
+from passl_tl import build_model, load_weights  # noqa: E402
+from passl_tl.engine import DEFAULTS, Trainer, evaluate, seed_everything  # noqa: E402
+from passl_tl.engine.data import build_dataset, build_loader  # noqa: E402
+from passl_tl.engine.trainer import amp_context_from  # noqa: E402
+from passl_tl.utils.config import ConfigError, dump_config, load_config  # noqa: E402
+from passl_tl.utils.dist import init_distributed, is_main  # noqa: E402
+from passl_tl.utils.logger import setup_logger  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", required=True, help="YAML config file")
+    parser.add_argument("-o", "--override", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config values, e.g. -o optimizer.lr=1e-3 data.batch_size=64")
+    parser.add_argument("--load", help="weights to start from: .pdparams or an official .pth/.pth.tar/.pt")
+    parser.add_argument("--resume", help="training checkpoint (.pdckpt) to continue from")
+    parser.add_argument("--evaluate-only", action="store_true", help="only evaluate on the validation set")
+    parser.add_argument("--seed", type=int, help="overrides the config's seed")
+    return parser.parse_args(argv)
+
+
+def evaluate_only(cfg, model) -> dict:
+    data = cfg["data"]
+    if not data["val"]:
+        raise ConfigError(f"--evaluate-only needs a 'data.val' dataset in {cfg.source}")
+    val_set = build_dataset(data["val"], f"data.val of {cfg.source}", cfg["seed"])
+    loader = build_loader(val_set, data["val_batch_size"], data["num_workers"], False, cfg["seed"])
+    metrics = evaluate(model, loader, amp_context_from(cfg["amp"]))
+    if is_main():
+        print(f"top-1 {metrics['top1']:.3f}  top-5 {metrics['top5']:.3f}  images {metrics['count']}  "
+              f"{metrics['img_per_s']:.1f} img/s", flush=True)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.override, DEFAULTS)
+    if args.seed is not None:
+        cfg["seed"] = args.seed
+    paddle.set_device(cfg["device"])
+    init_distributed()
+    logger = setup_logger(None if args.evaluate_only else cfg["output_dir"])
+    seed_everything(cfg["seed"])
+    model = build_model(cfg)
+    if args.load:
+        report = load_weights(model, args.load)
+        logger.info(f"loaded weights from {args.load}: {report}")
+    if args.evaluate_only:
+        return evaluate_only(cfg, model)
+    if is_main():
+        dump_config(cfg, os.path.join(cfg["output_dir"], "config.yaml"))
+        with open(os.path.join(cfg["output_dir"], "command.txt"), "w", encoding="utf-8") as f:
+            f.write(" ".join([sys.executable] + sys.argv) + "\n")
+    trainer = Trainer.from_config(cfg, model)
+    return trainer.train(resume=args.resume)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
