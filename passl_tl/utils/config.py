@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from typing import Any, Iterable, Mapping
 
 import yaml
@@ -11,6 +12,20 @@ from .registry import ConfigError
 
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` (no dot) as a float, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?$|^[-+]?\d+[eE][-+]?\d+$"),
+    list("-+0123456789."))
+
+
+def yaml_load(text_or_stream: Any) -> Any:
+    return yaml.load(text_or_stream, Loader=_Loader)
 
 
 class Config(dict):
@@ -27,7 +42,7 @@ def read_yaml(path: str) -> dict:
         raise ConfigError(f"config file not found: {path}")
     with open(path, encoding="utf-8") as f:
         try:
-            data = yaml.safe_load(f)
+            data = yaml_load(f)
         except yaml.YAMLError as e:
             raise ConfigError(f"cannot parse YAML {path}: {e}") from e
     if data is None:
@@ -78,7 +93,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(keys):
         raise ConfigError(f"override '{text}' has an empty key part")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"cannot parse the value of override '{text}': {e}") from e
     return keys, value

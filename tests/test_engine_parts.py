@@ -1,0 +1,120 @@
+"""Engine pieces: LR schedule, sampler, MixToken boxes, optimizer groups, EMA, checkpoints."""
+import json
+import math
+import os
+
+import numpy as np
+import paddle
+import pytest
+from conftest import load_npz
+
+from passl_tl.engine.checkpoint import load_checkpoint, save_atomic
+from passl_tl.engine.data import ShardedBatchSampler
+from passl_tl.engine.ema import ModelEMA
+from passl_tl.engine.hooks.checkpoint import checkpoint_name, list_checkpoints
+from passl_tl.engine.hooks.mixtoken import box_lam, sample_mix_box
+from passl_tl.engine.lr_schedulers import CosineWarmup
+from passl_tl.engine.optimizers import decay_parameter_names
+
+
+def test_cosine_warmup_matches_timm_formula():
+    s = CosineWarmup(base_lr=1.6e-3, epochs=300, warmup_epochs=5, warmup_lr=1e-6, min_lr=1e-5, cooldown_epochs=10)
+    assert s.total_epochs == 310
+    assert s.lr_at(0) == pytest.approx(1e-6)  # warmup applies from the first epoch
+    assert s.lr_at(1) == pytest.approx(1e-6 + (1.6e-3 - 1e-6) / 5)
+    assert s.lr_at(5) == pytest.approx(1e-5 + 0.5 * (1.6e-3 - 1e-5) * (1 + math.cos(math.pi * 5 / 300)))
+    assert s.lr_at(150) == pytest.approx(1e-5 + 0.5 * (1.6e-3 - 1e-5))
+    assert s.lr_at(299) > s.lr_at(300) == s.lr_at(309) == 1e-5
+
+
+@pytest.mark.parametrize("case", ["lvvit_t_d2", "lvvit_lstem_d1"])
+def test_mix_box_reproduces_official_draws(case):
+    ref = load_npz(f"{case}.npz")
+    meta = json.loads(str(ref["meta"]))
+    assert meta  # the meta record is readable
+    for prefix in ("train", "train_emptybox"):
+        rng = np.random.RandomState(int(ref[f"{prefix}/mix_seed"]))
+        box = sample_mix_box(rng, (14, 14), alpha=1.0)
+        assert box == tuple(int(v) for v in ref[f"{prefix}/bbox"])
+    assert box_lam(tuple(ref["train/bbox"]), 196) == pytest.approx(float(ref["train/loss_lam"]))
+
+
+def test_mix_box_rows_use_grid_height():
+    rng = np.random.RandomState(3)
+    for _ in range(200):
+        x1, y1, x2, y2 = sample_mix_box(rng, (4, 20))
+        assert 0 <= x1 <= x2 <= 4 and 0 <= y1 <= y2 <= 20
+
+
+def sampler_batches(n, bs, world, shuffle, drop_last, pad, epoch=0, start=0):
+    out = []
+    for r in range(world):
+        s = ShardedBatchSampler(n, bs, shuffle, drop_last, seed=1, pad=pad)
+        s.num_replicas, s.rank = world, r
+        s.set_epoch(epoch)
+        s.set_start_iter(start)
+        out.append(list(s))
+    return out
+
+
+def test_eval_sampler_covers_every_index_once():
+    shards = sampler_batches(103, 8, 2, shuffle=False, drop_last=False, pad=False)
+    seen = sorted(i for shard in shards for batch in shard for i in batch)
+    assert seen == list(range(103))
+
+
+def test_train_sampler_disjoint_seeded_and_resumable():
+    a, b = sampler_batches(100, 8, 2, True, True, True, epoch=3)
+    flat_a, flat_b = [i for x in a for i in x], [i for x in b for i in x]
+    assert not set(flat_a) & set(flat_b) and len(a) == 6
+    assert sampler_batches(100, 8, 2, True, True, True, epoch=3)[0] == a
+    assert sampler_batches(100, 8, 2, True, True, True, epoch=4)[0] != a
+    assert sampler_batches(100, 8, 2, True, True, True, epoch=3, start=2)[0] == a[2:]
+
+
+def test_no_weight_decay_groups():
+    class Net(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.fc = paddle.nn.Linear(4, 4)
+            self.norm = paddle.nn.LayerNorm(4)
+            self.pos_embed = self.create_parameter([1, 3, 4])
+
+        def no_weight_decay(self):
+            return {"pos_embed"}
+
+    net = Net()
+    assert decay_parameter_names(net) == {net.fc.weight.name}
+
+
+def test_ema_update_formula():
+    paddle.seed(0)
+    net = paddle.nn.Sequential(paddle.nn.Linear(3, 2), paddle.nn.BatchNorm1D(2))
+    ema = ModelEMA(net, decay=0.9)
+    before = {k: v.numpy().copy() for k, v in ema.state_dict().items()}
+    for p in net.parameters():
+        p.set_value(p + 1.0)
+    ema.update(net)
+    live = net.state_dict()
+    for k, v in ema.state_dict().items():
+        np.testing.assert_allclose(v.numpy(), 0.9 * before[k] + 0.1 * live[k].numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_atomic_save_and_clear_errors(tmp_path):
+    path = str(tmp_path / checkpoint_name(1, 10))
+    save_atomic({"model": {"w": paddle.ones([2])}, "epoch": 1}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+    with open(path, "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(ValueError, match=os.path.basename(path)):
+        load_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match="nope.pdckpt"):
+        load_checkpoint(str(tmp_path / "nope.pdckpt"))
+
+
+def test_list_checkpoints_sorted(tmp_path):
+    for e, i in [(2, 5), (0, 100), (2, 100), (10, 1)]:
+        (tmp_path / checkpoint_name(e, i)).write_bytes(b"x")
+    names = [os.path.basename(p) for p in list_checkpoints(str(tmp_path))]
+    assert names == [checkpoint_name(0, 100), checkpoint_name(2, 5), checkpoint_name(2, 100), checkpoint_name(10, 1)]
