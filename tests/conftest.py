@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 FIXTURES_ENV = "PASSL_TL_FIXTURES"
+REQUIRE_ENV = "PASSL_TL_REQUIRE_FIXTURES"  # set by .ci/run: a missing fixture fails instead of skipping
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FIXTURES = os.path.join(REPO_ROOT, "..", "shared", "fixtures", "reference")
 
@@ -17,6 +18,8 @@ def fixture_path(name: str) -> str:
     """Path of a reference fixture file; skips the test (naming the variable) when absent."""
     path = os.path.join(fixtures_dir(), name)
     if not os.path.exists(path):
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"reference fixture {name} not found in {fixtures_dir()} ({FIXTURES_ENV})")
         pytest.skip(f"reference fixture {name} not found in {fixtures_dir()}; "
                     f"set {FIXTURES_ENV} to the fixtures directory")
     return path
