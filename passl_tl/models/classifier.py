@@ -1,0 +1,56 @@
+"""A classifier = a backbone producing tokens + a head producing logits (and the training loss)."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import paddle.nn as nn
+from paddle import Tensor
+
+from ..utils.registry import BACKBONES, HEADS, MODELS, ConfigError, accepted_arguments
+
+
+@MODELS.register
+class Classifier(nn.Layer):
+    """``backbone`` and ``head`` are registry configs; the head gets ``in_channels=backbone.embed_dim``.
+
+    ``forward(x, mix_box)``: eval mode → logits ``[B, num_classes]``; train mode → the head's
+    training outputs (for ``loss``).
+    """
+
+    def __init__(self, backbone: Mapping[str, Any], head: Mapping[str, Any]):
+        super().__init__()
+        self.backbone = BACKBONES.build(backbone, "model.backbone")
+        self.head = HEADS.build(head, "model.head", in_channels=self.backbone.embed_dim)
+
+    def forward(self, x: Tensor, mix_box: Sequence[int] | None = None) -> Any:
+        return self.head(self.backbone(x, mix_box), self.backbone.grid_size, mix_box)
+
+    def loss(self, outputs: Any, target: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:
+        return self.head.loss(outputs, target, mix_box)
+
+    def no_weight_decay(self) -> set[str]:
+        """Full parameter names (``backbone.pos_embed``, ...) to exclude from weight decay."""
+        return {f"{prefix}.{name}"
+                for prefix, part in (("backbone", self.backbone), ("head", self.head))
+                if hasattr(part, "no_weight_decay")
+                for name in part.no_weight_decay()}
+
+
+def build_preset(backbone: Mapping[str, Any], head: Mapping[str, Any], overrides: Mapping[str, Any],
+                 preset: str) -> Classifier:
+    """A Classifier from a preset's backbone/head configs plus ``overrides``.
+
+    Each override goes to the backbone or the head, whichever accepts an argument of that name.
+    """
+    backbone_keys = accepted_arguments(BACKBONES.get(backbone["name"]))[0]
+    head_keys = [k for k in accepted_arguments(HEADS.get(head["name"]))[0] if k != "in_channels"]
+    backbone, head = dict(backbone), dict(head)
+    for key, value in overrides.items():
+        if key in backbone_keys:
+            backbone[key] = value
+        elif key in head_keys:
+            head[key] = value
+        else:
+            raise ConfigError(f"unknown key '{key}' for model '{preset}'; accepted keys: "
+                              f"{', '.join(backbone_keys + head_keys)}")
+    return Classifier(backbone, head)

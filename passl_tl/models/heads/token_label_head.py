@@ -1,0 +1,85 @@
+"""Token-labeling head: a class head on the cls token, an auxiliary head on every patch token."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+from paddle import Tensor
+
+from ...utils.registry import HEADS
+from ..layers import flip_box, init_vit_weights
+
+
+@HEADS.register
+class TokenLabelHead(nn.Layer):
+    """``cls_head`` on token 0 and ``aux_head`` on the patch tokens.
+
+    Eval output: ``cls + aux_eval_weight · max over tokens of aux`` (per sample and class).
+    Train output: ``{'cls': [B, K], 'aux': [B, N, K]}`` with the MixToken box of ``aux`` swapped
+    back, so every token's logits line up with that sample's own token labels.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, cls_weight: float = 1.0,
+                 dense_weight: float = 1.0, aux_eval_weight: float = 0.5, ground_truth: bool = False):
+        super().__init__()
+        self.cls_weight = cls_weight
+        self.dense_weight = dense_weight
+        self.aux_eval_weight = aux_eval_weight
+        self.ground_truth = ground_truth
+        self.cls_head = nn.Linear(in_channels, num_classes)
+        self.aux_head = nn.Linear(in_channels, num_classes)
+        for layer in (self.cls_head, self.aux_head):
+            init_vit_weights(layer)
+
+    def forward(self, tokens: Tensor, grid_size: Sequence[int], mix_box: Sequence[int] | None = None
+                ) -> Tensor | dict[str, Tensor]:
+        x_cls = self.cls_head(tokens[:, 0])
+        x_aux = self.aux_head(tokens[:, 1:])
+        if not self.training:
+            return x_cls + self.aux_eval_weight * x_aux.max(axis=1)
+        B, N, K = x_aux.shape
+        grid = x_aux.reshape([B, grid_size[0], grid_size[1], K])
+        return {"cls": x_cls, "aux": flip_box(grid, mix_box, row_axis=1).reshape([B, N, K])}
+
+    def loss(self, outputs: dict[str, Tensor], target: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:
+        """Soft-target cross entropy of the cls logits and of every token's logits.
+
+        ``target``: ``[B, K, 2 + N]`` token labels (column 0 ground truth, 1 cls target, 2.. the
+        tokens row-major) or ``[B, K]`` soft labels (then used for every token too). The cls target
+        is mixed like the MixToken box (λ = 1 − box area / N); the token targets never are.
+        """
+        x_cls, x_aux = outputs["cls"], outputs["aux"]
+        B, N, K = x_aux.shape
+        if target.ndim == 2 and tuple(target.shape) == (B, K):
+            cls_target, dense_target = target, target.unsqueeze(1)
+        elif target.ndim == 3 and tuple(target.shape) == (B, K, 2 + N):
+            cls_target = target[:, :, 1]
+            if self.ground_truth:
+                cls_target = _trust_ground_truth(target[:, :, 0], cls_target)
+            dense_target = target[:, :, 2:].transpose([0, 2, 1])
+        else:
+            raise ValueError(f"target must be [B, K] = [{B}, {K}] or [B, K, 2 + N] = [{B}, {K}, {2 + N}], "
+                             f"got {list(target.shape)}")
+        lam = 1.0 - _box_area(mix_box) / N
+        if lam < 1.0:
+            cls_target = lam * cls_target + (1.0 - lam) * cls_target.flip(0)
+        loss_cls = -(cls_target * F.log_softmax(x_cls, axis=-1)).sum(-1).mean()
+        loss_dense = -(dense_target * F.log_softmax(x_aux, axis=-1)).sum(-1).mean()
+        return self.cls_weight * loss_cls + self.dense_weight * loss_dense
+
+
+def _trust_ground_truth(ground_truth: Tensor, cls_target: Tensor) -> Tensor:
+    """Blend in the ground truth: 50% when the cls target's top class agrees with it, else 10%."""
+    agree = ground_truth.argmax(-1) == cls_target.argmax(-1)
+    ratio = paddle.where(agree, paddle.full_like(agree, 0.5, dtype=cls_target.dtype),
+                         paddle.full_like(agree, 0.9, dtype=cls_target.dtype)).unsqueeze(-1)
+    return cls_target * ratio + ground_truth * (1.0 - ratio)
+
+
+def _box_area(box: Sequence[int] | None) -> int:
+    if box is None:
+        return 0
+    x1, y1, x2, y2 = (int(v) for v in box)
+    return (x2 - x1) * (y2 - y1)

@@ -1,0 +1,195 @@
+"""Building blocks shared by the vision transformers (LV-ViT, DeiT, T2T-ViT)."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+from paddle import Tensor
+
+
+# ----------------------------------------------------------------------------- init helpers
+
+@paddle.no_grad()
+def trunc_normal_(param: Tensor, std: float = 1.0, mean: float = 0.0, a: float = -2.0, b: float = 2.0) -> Tensor:
+    """Fill ``param`` with N(mean, std²) truncated to the ABSOLUTE interval [a, b] (timm semantics).
+
+    With the usual ``std=.02`` the bounds ±2 are 100 std away, so this is an untruncated normal
+    (unlike Paddle's ``TruncatedNormal``, which cuts at ±2 std).
+    """
+    cdf_a = 0.5 * (1.0 + math.erf((a - mean) / (std * math.sqrt(2.0))))
+    cdf_b = 0.5 * (1.0 + math.erf((b - mean) / (std * math.sqrt(2.0))))
+    u = paddle.uniform(param.shape, dtype=param.dtype, min=2 * cdf_a - 1, max=2 * cdf_b - 1)
+    value = paddle.erfinv(u) * (std * math.sqrt(2.0)) + mean
+    param.set_value(paddle.clip(value, a, b))
+    return param
+
+
+@paddle.no_grad()
+def constant_(param: Tensor, value: float) -> Tensor:
+    param.set_value(paddle.full(param.shape, value, dtype=param.dtype))
+    return param
+
+
+@paddle.no_grad()
+def torch_default_conv_init_(conv: nn.Conv2D) -> None:
+    """PyTorch's default Conv2d init: weight and bias ~ U(±1/sqrt(fan_in)).
+
+    (``kaiming_uniform_(a=sqrt(5))`` reduces to that bound for the weight.)
+    """
+    fan_in = math.prod(conv.weight.shape[1:])
+    bound = 1.0 / math.sqrt(fan_in)
+    for param in (conv.weight, conv.bias):
+        if param is not None:
+            param.set_value(paddle.uniform(param.shape, dtype=param.dtype, min=-bound, max=bound))
+
+
+def init_vit_weights(layer: nn.Layer) -> None:
+    """The official ViT init of one layer: Linear N(0, .02²) weight and zero bias, LayerNorm 1/0,
+    Conv2D PyTorch default; other layers keep their defaults (BatchNorm is already 1/0, 0/1)."""
+    if isinstance(layer, nn.Linear):
+        trunc_normal_(layer.weight, std=0.02)
+        if layer.bias is not None:
+            constant_(layer.bias, 0.0)
+    elif isinstance(layer, nn.LayerNorm):
+        constant_(layer.weight, 1.0)
+        constant_(layer.bias, 0.0)
+    elif isinstance(layer, nn.Conv2D):
+        torch_default_conv_init_(layer)
+
+
+# ----------------------------------------------------------------------------- layers
+
+class TorchBatchNorm2D(nn.BatchNorm2D):
+    """BatchNorm2D whose running variance follows PyTorch.
+
+    Both normalise a training batch with its biased variance, but PyTorch updates ``running_var``
+    with the unbiased one (×n/(n−1), n = B·H·W) while Paddle uses the biased one. The batch
+    contribution of Paddle's update is rescaled accordingly. ``momentum`` is Paddle's (0.9 = torch 0.1).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return F.batch_norm(x, self._mean, self._variance, self.weight, self.bias,
+                                training=False, epsilon=self._epsilon, data_format=self._data_format)
+        n = math.prod(x.shape) // x.shape[1]
+        if n < 2:
+            raise ValueError(f"BatchNorm needs more than one value per channel in training, got input {x.shape}")
+        previous = self._variance.clone()
+        out = F.batch_norm(x, self._mean, self._variance, self.weight, self.bias, training=True,
+                           momentum=self._momentum, epsilon=self._epsilon, data_format=self._data_format)
+        with paddle.no_grad():
+            kept = self._momentum * previous
+            self._variance.set_value(kept + (self._variance - kept) * (n / (n - 1)))
+        return out
+
+
+class DropPath(nn.Layer):
+    """Stochastic depth: drop the whole residual branch of a sample with probability ``drop_prob``."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = paddle.bernoulli(paddle.full([x.shape[0]] + [1] * (x.ndim - 1), keep, dtype=x.dtype))
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class Mlp(nn.Layer):
+    """fc1 → act → dropout → fc2 → dropout."""
+
+    def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
+                 act_layer: type[nn.Layer] = nn.GELU, drop: float = 0.0):
+        super().__init__()
+        hidden_features = hidden_features or in_features
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden_features, out_features or in_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Attention(nn.Layer):
+    """Multi-head self-attention; ``head_dim`` may differ from ``dim // num_heads``.
+
+    q is scaled before ``q @ kᵀ`` (as LV-ViT does, for stability).
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, head_dim: int | None = None, qkv_bias: bool = False,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim or dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        inner = self.head_dim * num_heads
+        self.qkv = nn.Linear(dim, 3 * inner, bias_attr=None if qkv_bias else False)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(inner, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape([B, N, 3, self.num_heads, self.head_dim]).transpose([2, 0, 3, 1, 4])
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = F.softmax(paddle.matmul(q * self.scale, k, transpose_y=True), axis=-1)
+        x = paddle.matmul(self.attn_drop(attn), v).transpose([0, 2, 1, 3]).reshape([B, N, -1])
+        return self.proj_drop(self.proj(x))
+
+
+class Block(nn.Layer):
+    """Pre-norm transformer block; each residual branch is divided by ``skip_lam``."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = False, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
+                 act_layer: type[nn.Layer] = nn.GELU, norm_eps: float = 1e-5, skip_lam: float = 1.0):
+        super().__init__()
+        self.skip_lam = skip_lam
+        self.norm1 = nn.LayerNorm(dim, epsilon=norm_eps)
+        self.attn = Attention(dim, num_heads, head_dim, qkv_bias, attn_drop, drop)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, epsilon=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x))) / self.skip_lam
+        return x + self.drop_path(self.mlp(self.norm2(x))) / self.skip_lam
+
+
+# ----------------------------------------------------------------------------- MixToken
+
+def flip_box(x: Tensor, box: Sequence[int] | None, row_axis: int) -> Tensor:
+    """Inside ``box`` = (x1, y1, x2, y2), give sample i the values of sample B−1−i.
+
+    The box covers indices x1:x2 of ``row_axis`` and y1:y2 of the axis after it (MixToken's
+    convention). ``None`` or an empty box returns ``x`` itself. Applying it twice is the identity.
+    """
+    if box is None:
+        return x
+    x1, y1, x2, y2 = (int(v) for v in box)
+    col_axis = row_axis + 1
+    rows, cols = x.shape[row_axis], x.shape[col_axis]
+    if not (0 <= x1 <= x2 <= rows and 0 <= y1 <= y2 <= cols):
+        raise ValueError(f"box {tuple(box)} does not fit a {rows}x{cols} grid")
+    if x1 == x2 or y1 == y2:
+        return x
+    band = paddle.slice(x, [row_axis], [x1], [x2])
+    inside = paddle.flip(paddle.slice(band, [col_axis], [y1], [y2]), axis=0)
+    return _replace_span(x, row_axis, x1, x2, _replace_span(band, col_axis, y1, y2, inside))
+
+
+def _replace_span(x: Tensor, axis: int, start: int, stop: int, middle: Tensor) -> Tensor:
+    """``x`` with indices start:stop along ``axis`` replaced by ``middle``."""
+    before = paddle.slice(x, [axis], [0], [start])
+    after = paddle.slice(x, [axis], [stop], [x.shape[axis]])
+    return paddle.concat([before, middle, after], axis=axis)
