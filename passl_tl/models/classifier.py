@@ -22,6 +22,11 @@ class Classifier(nn.Layer):
         self.backbone = BACKBONES.build(backbone, "model.backbone")
         self.head = HEADS.build(head, "model.head", in_channels=self.backbone.embed_dim)
 
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """The backbone's token grid (rows, cols), on which MixToken boxes are drawn."""
+        return self.backbone.grid_size
+
     def forward(self, x: Tensor, mix_box: Sequence[int] | None = None) -> Any:
         return self.head(self.backbone(x, mix_box), self.backbone.grid_size, mix_box)
 
