@@ -157,7 +157,8 @@ def test_validation_split_with_class_list(tmp_path, split):
     class_list = tmp_path / "classes.txt"
     class_list.write_text("n01000000 red thing\nn02000000 green thing\nn03000000 blue thing\n")
     ds = ImageNetTokenLabel(val, class_list=str(class_list),
-                            transforms=[{"name": "ResizeCropPct", "size": 16, "crop_pct": 0.875}, {"name": "Normalize"}])
+                            transforms=[{"name": "ResizeCropPct", "size": 16, "crop_pct": 0.875},
+                                        {"name": "Normalize"}])
     assert ds.classes == ImageNetTokenLabel(root).classes
     img, target = ds[0]
     assert img.shape == (3, 16, 16) and target.dtype == np.int64 and target == 2

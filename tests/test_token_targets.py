@@ -113,6 +113,7 @@ def test_errors():
 
 
 def test_registered_batch_transform(ref):
-    builder = TRANSFORMS.build({"name": "TokenLabelTargets", "num_classes": NUM_CLASSES, "box_order": "official"})
+    cfg = {"name": "TokenLabelTargets", "num_classes": NUM_CLASSES, "box_order": "official"}
+    builder = TRANSFORMS.build(cfg)
     assert isinstance(builder, TokenLabelTargets)
     np.testing.assert_allclose(builder(paddle.to_tensor(ref["input"])).numpy(), ref["target_lam1"], atol=1e-4)

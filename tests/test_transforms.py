@@ -100,7 +100,8 @@ def test_flip_crop_and_targets_stay_consistent_with_image():
         for t in pipeline:
             sample = t(sample, rng)
         flips.add(bool(np.asarray(sample["img"])[:, 0, 2].mean() > np.asarray(sample["img"])[:, -1, 2].mean()))
-        targets = make_token_targets(pack_label_sample(sample["label"], sample["crop"], 0)[None], 2, label_size=14)
+        packed = pack_label_sample(sample["label"], sample["crop"], 0)[None]
+        targets = make_token_targets(packed, 2, label_size=14)
         token_class = targets.numpy()[0, :, 2:].argmax(0).reshape(14, 14)
         pixels = np.asarray(sample["img"]).reshape(14, 2, 14, 2, 3).mean((1, 3))
         pixel_class = (pixels[..., 2] > pixels[..., 0]).astype(int)
