@@ -50,6 +50,15 @@ def test_pdparams_roundtrip(tmp_path):
         np.testing.assert_array_equal(target.state_dict()[key].numpy(), value.numpy(), err_msg=key)
 
 
+def test_half_precision_weights_are_cast_to_the_model_dtype(tmp_path):
+    half = {k: v.numpy().astype("float16") for k, v in _small_model(0).state_dict().items()}
+    model = _small_model(1)
+    load_weights(model, _save(tmp_path, half))
+    for key, value in model.state_dict().items():
+        assert value.dtype == paddle.float32, key
+        np.testing.assert_array_equal(value.numpy(), half[key].astype("float32"), err_msg=key)
+
+
 @pytest.mark.parametrize("change, message", [
     ("extra", "unexpected keys: backbone.extra"),
     ("drop", "missing keys: backbone.norm.weight"),

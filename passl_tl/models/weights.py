@@ -28,8 +28,9 @@ def load_weights(model: nn.Layer, path: str) -> str:
         state = convert_official(state, model)
     else:
         raise ConfigError(f"unknown weights format {path}: expected .pdparams or {', '.join(TORCH_SUFFIXES)}")
-    _check_compatible(model, state, path)
-    model.set_state_dict(state)
+    expected = model.state_dict()
+    _check_compatible(model, expected, state, path)
+    model.set_state_dict({k: _to_dtype(v, expected[k].dtype) for k, v in state.items()})
     return f"loaded {len(state)} tensors from {os.path.basename(path)} ({layout})"
 
 
@@ -63,12 +64,17 @@ def convert_official(state: Mapping[str, np.ndarray], model: nn.Layer) -> dict[s
         top, _, rest = key.partition(".")
         owner, _, leaf = (f"{HEAD_NAMES[top]}.{rest}" if top in HEAD_NAMES else f"backbone.{key}").rpartition(".")
         name = f"{owner}.{BN_BUFFERS.get(leaf, leaf)}"
-        converted[name] = value.T if name in linear_weights and value.ndim == 2 else value
+        converted[name] = value.T if name in linear_weights else value
     return converted
 
 
-def _check_compatible(model: nn.Layer, state: Mapping[str, Any], path: str) -> None:
-    expected = model.state_dict()
+def _to_dtype(value: Any, dtype: paddle.dtype) -> paddle.Tensor:
+    """``value`` as a tensor of the model's dtype (e.g. half-precision checkpoints into float32)."""
+    tensor = value if isinstance(value, paddle.Tensor) else paddle.to_tensor(value)
+    return tensor if tensor.dtype == dtype else tensor.astype(dtype)
+
+
+def _check_compatible(model: nn.Layer, expected: Mapping[str, Any], state: Mapping[str, Any], path: str) -> None:
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong_shape = [f"{k} (file {list(state[k].shape)}, model {list(expected[k].shape)})"

@@ -62,8 +62,8 @@ class LVViT(nn.Layer):
         self.pos_embed = self.create_parameter([1, 1 + self.grid_size[0] * self.grid_size[1], embed_dim])
         self.pos_drop = nn.Dropout(drop_rate)
         self.blocks = nn.LayerList([
-            Block(embed_dim, num_heads, head_dim, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
-                  float(rate), skip_lam=skip_lam)
+            Block(embed_dim, num_heads, head_dim=head_dim, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
+                  attn_drop=attn_drop_rate, drop_path=float(rate), skip_lam=skip_lam)
             for rate in np.linspace(0.0, drop_path_rate, depth)])
         self.norm = nn.LayerNorm(embed_dim, epsilon=1e-5)
 
@@ -78,7 +78,7 @@ class LVViT(nn.Layer):
     def forward(self, x: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:
         x = self.patch_embed(x)
         if tuple(x.shape[2:]) != self.grid_size:
-            raise ValueError(f"input {x.shape} gives a {tuple(x.shape[2:])} token grid, "
+            raise ValueError(f"these images give a {tuple(x.shape[2:])} token grid, "
                              f"the model was built for {self.grid_size}")
         x = flip_box(x, mix_box, row_axis=2)
         x = x.flatten(2).transpose([0, 2, 1])
