@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
         with open(os.path.join(cfg["output_dir"], "command.txt"), "w", encoding="utf-8") as f:
             f.write(" ".join([sys.executable] + sys.argv) + "\n")
     trainer = Trainer.from_config(cfg, model)
-    return trainer.train(resume=args.resume)
+    metrics = trainer.train(resume=args.resume)
+    if metrics and is_main():
+        logger.info(f"finished: top-1 {metrics['top1']:.3f} ({metrics['tracked']}), outputs in {cfg['output_dir']}")
+    return metrics
 
 
 if __name__ == "__main__":

@@ -10,9 +10,13 @@ from __future__ import annotations
 import colorsys
 import json
 import os
+import shutil
 
 import cv2
 import numpy as np
+
+from ..utils.registry import DATASETS
+from .imagenet_token_label import ImageNetTokenLabel
 
 TOP_K = 5
 LABEL_HW = 18
@@ -157,3 +161,34 @@ def make_demo_dataset(out_dir: str, num_classes: int = 10, train_per_class: int 
     with open(os.path.join(out_dir, MARKER), "w", encoding="utf-8") as f:
         json.dump(params, f)
     return out_dir
+
+
+def ensure_demo_dataset(root: str, **params) -> str:
+    """``make_demo_dataset(root)``, safe when several processes call it at once.
+
+    A missing dataset is written to a private temporary directory that is then renamed to
+    ``root`` in one step; whichever process renames first wins and the others discard theirs.
+    """
+    if os.path.isdir(root):
+        return make_demo_dataset(root, **params)  # complete: a no-op; interrupted earlier: refilled
+    tmp = f"{root}.tmp{os.getpid()}"
+    make_demo_dataset(tmp, **params)
+    try:
+        os.rename(tmp, root)
+    except OSError:  # another process got there first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return make_demo_dataset(root, **params)
+
+
+@DATASETS.register
+def DemoTokenLabel(root: str = "data/demo", split: str = "train", transforms=(), num_classes: int = 10,
+                   train_per_class: int = 60, val_per_class: int = 20, image_size: int = 64,
+                   data_seed: int = 0, seed: int = 0) -> ImageNetTokenLabel:
+    """The demo data as an :class:`ImageNetTokenLabel` split, written first if it is missing."""
+    if split not in _SPLIT_CODES:
+        raise ValueError(f"DemoTokenLabel split must be one of {sorted(_SPLIT_CODES)}, got '{split}'")
+    ensure_demo_dataset(root, num_classes=num_classes, train_per_class=train_per_class,
+                        val_per_class=val_per_class, image_size=image_size, seed=data_seed)
+    return ImageNetTokenLabel(os.path.join(root, split),
+                              label_root=os.path.join(root, "label_top5_train") if split == "train" else None,
+                              transforms=transforms, class_list=os.path.join(root, "classes.txt"), seed=seed)

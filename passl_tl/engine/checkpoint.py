@@ -39,3 +39,26 @@ def load_checkpoint(path: str) -> dict:
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise ValueError(f"{path} is not a passl_tl training checkpoint (no 'model'/'epoch' entries)")
     return state
+
+
+def _rename_keys(state: dict, renames: dict[str, str]) -> dict:
+    """Replace the longest matching name prefix of every key (recursing into sub-dicts)."""
+    ordered = sorted(renames, key=len, reverse=True)
+    out = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            value = _rename_keys(value, renames)
+        old = next((p for p in ordered if key == p or key.startswith(p + "_")), None)
+        out[renames[old] + key[len(old):] if old is not None else key] = value
+    return out
+
+
+def portable_optimizer_state(optimizer_state: dict, model: paddle.nn.Layer) -> dict:
+    """Optimizer state keyed by structured parameter names (``backbone.blocks.0.attn.qkv.weight``)
+    instead of Paddle's per-process generated names, so another process can load it."""
+    return _rename_keys(optimizer_state, {p.name: n for n, p in model.named_parameters()})
+
+
+def restore_optimizer_state(saved: dict, model: paddle.nn.Layer) -> dict:
+    """Inverse of :func:`portable_optimizer_state` for the parameters of this process's model."""
+    return _rename_keys(saved, {n: p.name for n, p in model.named_parameters()})

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 import numpy as np
 import paddle
 
+from .. import datasets  # noqa: F401  (registers the datasets and transforms)
 from ..utils.dist import rank, world_size
 from ..utils.registry import DATASETS, TRANSFORMS, accepted_arguments
 

@@ -14,7 +14,7 @@ from ..utils.config import Config
 from ..utils.dist import is_main, rank, world_size
 from ..utils.logger import get_logger
 from ..utils.registry import HOOKS, LR_SCHEDULERS, OPTIMIZERS
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, portable_optimizer_state, restore_optimizer_state
 from .data import build_dataset, build_loader, build_target_builder
 from .hooks.hook import Hook
 
@@ -135,7 +135,7 @@ class Trainer:
     def training_state(self, epoch: int, iters_done: int) -> dict[str, Any]:
         return {
             "model": self.model_without_ddp.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": portable_optimizer_state(self.optimizer.state_dict(), self.model_without_ddp),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "hooks": {type(h).__name__: h.state_dict() for h in self.hooks},
             "epoch": epoch,
@@ -150,7 +150,7 @@ class Trainer:
                              f"iterations per epoch, this run has {self.iters_per_epoch} (batch size, data "
                              f"or process count changed)")
         self.model_without_ddp.set_state_dict(state["model"])
-        self.optimizer.set_state_dict(state["optimizer"])
+        self.optimizer.set_state_dict(restore_optimizer_state(state["optimizer"], self.model_without_ddp))
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         for hook in self.hooks:

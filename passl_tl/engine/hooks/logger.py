@@ -55,7 +55,8 @@ class LoggerHook(Hook):
         if not trainer.metrics:
             return
         parts = [f"{k} {v:.3f}" for k, v in trainer.metrics.items() if k.endswith(("top1", "top5")) and "/" in k]
-        get_logger().info(f"epoch {trainer.epoch} eval: " + ", ".join(parts))
+        count = trainer.metrics.get("model/count", 0)
+        get_logger().info(f"epoch {trainer.epoch} eval ({count} images): " + ", ".join(parts))
         for key, value in trainer.metrics.items():
             if "/" in key:
                 self._scalar(f"val/{key}", value, trainer.epoch)
