@@ -67,10 +67,22 @@ def test_resume_matches_uninterrupted_run(full_run, tmp_path):
 
 def test_evaluate_only_reproduces_final_metrics(full_run, capsys):
     data_root, out, metrics = full_run
+    # the training split is never read: point it at a directory that does not exist
     result = train.main(["-c", DEMO_CONFIG, "-o", *small_run_overrides(data_root, out),
-                         "--load", os.path.join(out, "final.pdparams"), "--evaluate-only"])
+                         "data.train.root=/nonexistent/train", "--load", os.path.join(out, "final.pdparams"),
+                         "--evaluate-only"])
     assert result["top1"] == metrics["model/top1"] and result["count"] == 30
     assert f"top-1 {result['top1']:.3f}" in capsys.readouterr().out
+
+
+def test_amp_switch_trains(full_run, tmp_path):
+    data_root, _, _ = full_run
+    out = str(tmp_path / "amp")
+    metrics = train.main(["-c", DEMO_CONFIG, "-o", *small_run_overrides(data_root, out, epochs=1),
+                          "amp.enable=true", "amp.dtype=bfloat16"])
+    log = open(os.path.join(out, "log.txt")).read()
+    losses = [float(line.split(" loss ")[1].split()[0]) for line in log.splitlines() if " loss " in line]
+    assert losses and all(np.isfinite(losses)) and metrics["model/count"] == 30
 
 
 def launch(args, log_dir, timeout=600):
