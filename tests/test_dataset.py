@@ -202,3 +202,35 @@ def test_errors(tmp_path, split):
         f.write(b"not an image")
     with pytest.raises(ValueError, match="n01000000_1.png"):
         ImageNetTokenLabel(root)[1]
+
+
+def test_hidden_and_imageless_folders_are_not_classes(split):
+    root, label_root, _ = split
+    os.makedirs(os.path.join(root, ".ipynb_checkpoints"))
+    os.makedirs(os.path.join(root, "lost+found"))
+    cv2.imwrite(os.path.join(root, ".ipynb_checkpoints", "x.png"), np.zeros((4, 4, 3), np.uint8))
+    ds = ImageNetTokenLabel(root, label_root)
+    assert ds.classes == sorted(WNIDS)
+
+
+def test_label_ids_outside_num_classes_are_an_error_naming_the_file(split):
+    root, label_root, labels = split
+    bad = labels["n01000000/n01000000_0.png"].copy()
+    bad[1, 0, 0, 0] = 7  # 3 classes only
+    path = os.path.join(label_root, "n01000000", "n01000000_0.npy")
+    np.save(path, bad)
+    ds = ImageNetTokenLabel(root, label_root)
+    with pytest.raises(ValueError, match=path + r".*class ids span \[0, 7\]"):
+        ds[0]
+
+
+def test_exif_orientation_is_ignored_like_pil(tmp_path):
+    """timm and the label annotator decode with PIL, which does not apply EXIF rotation."""
+    from PIL import Image
+    root = tmp_path / "val" / "n01000000"
+    root.mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW" orientation tag
+    Image.new("RGB", (20, 10), (200, 30, 30)).save(root / "a.jpg", exif=exif.tobytes())
+    img, _ = ImageNetTokenLabel(str(tmp_path / "val"))[0]
+    assert img.shape == (3, 10, 20)

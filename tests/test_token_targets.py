@@ -117,3 +117,16 @@ def test_registered_batch_transform(ref):
     builder = TRANSFORMS.build(cfg)
     assert isinstance(builder, TokenLabelTargets)
     np.testing.assert_allclose(builder(paddle.to_tensor(ref["input"])).numpy(), ref["target_lam1"], atol=1e-4)
+
+
+def test_correct_box_order_on_a_non_square_map():
+    """A 12 x 24 map whose top half is class 1 and bottom half class 2: a top-half crop must
+    give class-1 targets everywhere (scaling rows by the width would reach into the bottom)."""
+    k, h, w, num_classes = 2, 12, 24, 4
+    labels = np.zeros((1, 3, k, h, w), np.float32)
+    labels[0, 0, 0] = 8.0
+    labels[0, 1, 0, : h // 2], labels[0, 1, 0, h // 2:] = 1, 2
+    labels[0, 1, 1] = 3
+    labels[0, 2, 0, 0, :4] = (0.0, 0.0, 0.5, 1.0)  # top, left, height, width
+    targets = make_token_targets(labels, num_classes, label_size=4, smoothing=0.0).numpy()
+    assert (targets[0, :, 1:].argmax(axis=0) == 1).all()

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from ..utils.registry import DATASETS, TRANSFORMS, ConfigError
-from .token_label import MIN_LABEL_WIDTH, pack_label_sample
+from .token_label import MIN_LABEL_WIDTH, check_class_ids, pack_label_sample
 from .transforms import FULL_CROP, to_chw_float
 
 logger = logging.getLogger(__name__)
@@ -40,9 +40,16 @@ def read_class_list(path: str) -> list[str]:
 Samples = list[tuple[str, int]]
 
 
+def _is_class_dir(path: str) -> bool:
+    """A visible directory holding at least one image (skips ``.ipynb_checkpoints``, ``lost+found``...)."""
+    name = os.path.basename(path)
+    return (os.path.isdir(path) and not name.startswith(".")
+            and any(f.lower().endswith(IMG_EXTENSIONS) for f in os.listdir(path)))
+
+
 def scan_image_folder(root: str, classes: Sequence[str] | None = None) -> tuple[Samples, list[str]]:
     """Samples of ``<root>/<wnid>/<image>`` and the class names (sorted subdirs unless ``classes``)."""
-    subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    subdirs = sorted(d for d in os.listdir(root) if _is_class_dir(os.path.join(root, d)))
     if classes is None:
         classes = subdirs
     index = {wnid: i for i, wnid in enumerate(classes)}
@@ -99,7 +106,8 @@ def read_rgb(path: str) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise OSError(f"cannot read image {path}: {e}") from e
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    # PIL (used by timm and the label annotator) ignores EXIF orientation: so do we
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
     if img is None:
         raise ValueError(f"cannot decode image {path}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
@@ -228,7 +236,10 @@ class ImageNetTokenLabel:
     def _load_label(self, index: int) -> np.ndarray:
         if index in self.missing_labels:
             return fallback_label_map(self.samples[index][1], self.num_classes, self.label_shape)
-        return self._read_label_file(self.label_path(index), self.label_shape).astype(np.float32)
+        path = self.label_path(index)
+        label = self._read_label_file(path, self.label_shape).astype(np.float32)
+        check_class_ids(label[1], self.samples[index][1], self.num_classes, f"token-label file {path}")
+        return label
 
     @staticmethod
     def _read_label_file(path: str, expected_shape: Sequence[int] | None) -> np.ndarray:

@@ -46,16 +46,20 @@ def pool_crop(dense: paddle.Tensor, crop: paddle.Tensor, output_size: int,
               box_order: str = "correct") -> paddle.Tensor:
     """Bilinear RoI-align of each sample's crop region of ``dense [B, C, H, W]`` -> ``[B, C, s, s]``.
 
-    ``crop [B, 4]`` is (top, left, height, width) in fractions of the image. As in the official
-    code both axes are scaled by the map *width* (identical for square maps). Semantics are
-    torchvision ``roi_align(aligned=False, sampling_ratio=-1)`` on ``coords * W - 0.5``, which is
-    ``aligned=True`` on ``coords * W``. ``box_order="official"`` reproduces the official bug of
-    passing (y1, x1, y2, x2) where (x1, y1, x2, y2) is read: the crop mirrored across the diagonal.
+    ``crop [B, 4]`` is (top, left, height, width) in fractions of the image; rows are scaled by
+    the map height and columns by its width. Semantics are torchvision
+    ``roi_align(aligned=False, sampling_ratio=-1)`` on ``coords * size - 0.5``, which is
+    ``aligned=True`` on ``coords * size``. ``box_order="official"`` reproduces the official code:
+    it passes (y1, x1, y2, x2) where (x1, y1, x2, y2) is read, pooling the crop mirrored across
+    the diagonal, and scales both axes by the map width.
     """
     top, left, height, width = crop.unbind(axis=1)
     y1, x1, y2, x2 = top, left, top + height, left + width
-    corners = (y1, x1, y2, x2) if box_order == "official" else (x1, y1, x2, y2)
-    boxes = paddle.stack(corners, axis=1) * float(dense.shape[3])
+    map_h, map_w = float(dense.shape[2]), float(dense.shape[3])
+    if box_order == "official":
+        boxes = paddle.stack((y1, x1, y2, x2), axis=1) * map_w
+    else:
+        boxes = paddle.stack((x1 * map_w, y1 * map_h, x2 * map_w, y2 * map_h), axis=1)
     boxes_num = paddle.ones([dense.shape[0]], dtype="int32")
     return paddle.vision.ops.roi_align(dense, boxes, boxes_num, output_size,
                                        spatial_scale=1.0, sampling_ratio=-1, aligned=True)
@@ -73,12 +77,14 @@ def make_token_targets(labels: paddle.Tensor | np.ndarray, num_classes: int, lab
     _check_box_order(box_order)
     if label_size < 1:
         raise ValueError(f"label_size must be >= 1, got {label_size}")
+    from_numpy = not isinstance(labels, paddle.Tensor)
     labels = _as_float_tensor(labels)
     if labels.ndim != 5 or labels.shape[1] != 3:
         raise ValueError(f"packed token labels must have shape [B, 3, k, H, W], got {list(labels.shape)}")
     _check_width(labels.shape[4])
     info = labels[:, 2, 0, 0]
-    _check_class_ids(labels[:, 1], info[:, _GT_COLUMN], num_classes)
+    if from_numpy:  # tensors come from the dataset, which checks ids file by file (no host sync here)
+        check_class_ids(labels[:, 1].numpy(), info[:, _GT_COLUMN].numpy(), num_classes, "token labels")
     gt = info[:, _GT_COLUMN].astype("int64")
 
     dense = dense_label_map(labels, num_classes)
@@ -128,10 +134,9 @@ def _check_box_order(box_order: str) -> None:
         raise ValueError(f"box_order must be one of {BOX_ORDERS}, got {box_order!r}")
 
 
-def _check_class_ids(ids: paddle.Tensor, gt: paddle.Tensor, num_classes: int) -> None:
-    # One device-to-host copy for the four bounds.
-    bounds = paddle.stack([ids.min(), gt.min(), ids.max(), gt.max()]).numpy()
-    lowest, highest = bounds[:2].min(), bounds[2:].max()
+def check_class_ids(ids: np.ndarray, gt: np.ndarray | int, num_classes: int, source: str) -> None:
+    """Raise naming ``source`` if a label id or the ground truth is outside ``[0, num_classes)``."""
+    lowest, highest = min(ids.min(), np.min(gt)), max(ids.max(), np.max(gt))
     if lowest < 0 or highest >= num_classes:
-        raise ValueError(f"token-label class ids span [{lowest:g}, {highest:g}], "
+        raise ValueError(f"{source}: class ids span [{lowest:g}, {highest:g}], "
                          f"outside [0, {num_classes}) for num_classes={num_classes}")
