@@ -4,12 +4,12 @@ from setuptools import find_packages, setup
 setup(
     name="passl_tl",
     version="0.1.0",
-    description="Token labeling (LV-ViT), DeiT and T2T-ViT training for PaddlePaddle",
+    description="Vision transformers trained with token labeling (LV-ViT) on PaddlePaddle",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["passl_tl", "passl_tl.*"]),
     python_requires=">=3.9",
-    install_requires=["numpy", "pyyaml", "visualdl", "opencv-python"],
+    install_requires=["numpy", "pyyaml", "visualdl", "opencv-python", "Pillow"],
     extras_require={
         # GPU users install paddlepaddle-gpu themselves (see README) and skip this extra.
         "cpu": ["paddlepaddle>=3.0"],

@@ -1,4 +1,4 @@
-"""passl_tl: token labeling (LV-ViT), DeiT and T2T-ViT training for PaddlePaddle."""
+"""passl_tl: vision transformers trained with token labeling (LV-ViT) on PaddlePaddle."""
 __version__ = "0.1.0"
 
 _MODEL_API = ("build_model", "create_model", "load_weights")

@@ -56,8 +56,8 @@ def test_hooks_accept_new_components_and_null_disables(tmp_path):
 
 
 def test_component_of_another_name_replaces_instead_of_merging(tmp_path):
-    path = write(tmp_path, "s.yaml", "lr_scheduler: {name: Constant}\n")
-    assert load_config(path, [], DEFAULTS)["lr_scheduler"] == {"name": "Constant"}
+    path = write(tmp_path, "s.yaml", "lr_scheduler: {name: StepDecay}\n")
+    assert load_config(path, [], DEFAULTS)["lr_scheduler"] == {"name": "StepDecay"}
 
 
 def test_registry_build_rejects_unknown_keys():
@@ -79,3 +79,28 @@ def test_circular_base(tmp_path):
     b = write(tmp_path, "b.yaml", "_base_: a.yaml\n")
     with pytest.raises(ConfigError, match="circular"):
         load_config(b)
+
+
+def test_yaml_value_of_wrong_type_names_key_and_file(tmp_path):
+    path = write(tmp_path, "t.yaml", "data: {batch_size: '32'}\n")
+    with pytest.raises(ConfigError, match=r"data\.batch_size: '32'.*t\.yaml.*int"):
+        load_config(path, [], DEFAULTS)
+
+
+def test_list_element_override_is_type_checked(tmp_path):
+    path = write(tmp_path, "l.yaml", "data: {train: {name: X, transforms: [{name: A}, {name: B}]}}\n")
+    with pytest.raises(ConfigError, match="expected dict"):
+        load_config(path, ["data.train.transforms.0=3"], DEFAULTS)
+    cfg = load_config(path, ["data.train.transforms.1.name=C"], DEFAULTS)
+    assert cfg["data"]["train"]["transforms"][1] == {"name": "C"}
+
+
+def test_error_inside_a_component_names_where_it_was_configured():
+    reg = Registry("thing")
+
+    @reg.register
+    def Preset(**overrides):
+        raise ConfigError("unknown key 'dpr' for model 'Preset'")
+
+    with pytest.raises(ConfigError, match=r"'dpr'.*\(in model of cfg\.yaml\)"):
+        reg.build({"name": "Preset", "dpr": 0.1}, "model of cfg.yaml")

@@ -1,5 +1,4 @@
 """Engine pieces: LR schedule, sampler, MixToken boxes, optimizer groups, EMA, checkpoints."""
-import json
 import math
 import os
 
@@ -12,9 +11,10 @@ from passl_tl.engine.checkpoint import load_checkpoint, save_atomic
 from passl_tl.engine.data import ShardedBatchSampler
 from passl_tl.engine.ema import ModelEMA
 from passl_tl.engine.hooks.checkpoint import checkpoint_name, list_checkpoints
-from passl_tl.engine.hooks.mixtoken import box_lam, sample_mix_box
+from passl_tl.engine.hooks.mixtoken import sample_mix_box
 from passl_tl.engine.lr_schedulers import CosineWarmup
 from passl_tl.engine.optimizers import decay_parameter_names
+from passl_tl.models.heads.token_label_head import mix_lam
 
 
 def test_cosine_warmup_matches_timm_formula():
@@ -30,13 +30,11 @@ def test_cosine_warmup_matches_timm_formula():
 @pytest.mark.parametrize("case", ["lvvit_t_d2", "lvvit_lstem_d1"])
 def test_mix_box_reproduces_official_draws(case):
     ref = load_npz(f"{case}.npz")
-    meta = json.loads(str(ref["meta"]))
-    assert meta  # the meta record is readable
     for prefix in ("train", "train_emptybox"):
         rng = np.random.RandomState(int(ref[f"{prefix}/mix_seed"]))
         box = sample_mix_box(rng, (14, 14), alpha=1.0)
         assert box == tuple(int(v) for v in ref[f"{prefix}/bbox"])
-    assert box_lam(tuple(ref["train/bbox"]), 196) == pytest.approx(float(ref["train/loss_lam"]))
+    assert mix_lam(tuple(ref["train/bbox"]), 196) == pytest.approx(float(ref["train/loss_lam"]))
 
 
 def test_mix_box_rows_use_grid_height():
@@ -118,3 +116,40 @@ def test_list_checkpoints_sorted(tmp_path):
         (tmp_path / checkpoint_name(e, i)).write_bytes(b"x")
     names = [os.path.basename(p) for p in list_checkpoints(str(tmp_path))]
     assert names == [checkpoint_name(0, 100), checkpoint_name(2, 5), checkpoint_name(2, 100), checkpoint_name(10, 1)]
+
+
+def test_adamw_decays_only_matrices_on_lvvit():
+    """One step with zero gradients: Adam's update is 0, so only decoupled decay moves weights."""
+    from passl_tl.engine.optimizers import AdamW
+    from passl_tl.models import create_model
+    model = create_model("lvvit_tiny", depth=1, num_classes=4, img_size=32, embed_dim=48, num_heads=2)
+    opt = AdamW(model, lr=0.1, weight_decay=0.5)
+    before = {n: p.numpy().copy() for n, p in model.named_parameters() if not p.stop_gradient}
+    (sum(p.sum() for p in model.parameters() if not p.stop_gradient) * 0.0).backward()
+    opt.step()
+    after = dict(model.named_parameters())
+    for name, value in before.items():
+        decayed = value.ndim > 1 and name not in ("backbone.pos_embed", "backbone.cls_token")
+        np.testing.assert_allclose(after[name].numpy(), value * (0.95 if decayed else 1.0), rtol=1e-6,
+                                   err_msg=name)
+    assert "backbone.blocks.0.attn.qkv.weight" in before and "backbone.norm.weight" in before
+
+
+def test_optimizer_hook_with_and_without_grad_scaler():
+    """The GradScaler branch gives the plain update (on CPU Paddle turns loss scaling off,
+    so this checks the code path; scaling itself is exercised on GPU)."""
+    from types import SimpleNamespace
+
+    from passl_tl.engine.hooks.optimizer import OptimizerHook
+    with pytest.warns(UserWarning, match="AmpScaler"):
+        scaler_on_cpu = paddle.amp.GradScaler(init_loss_scaling=1024.0)
+    results = []
+    for scaler in (None, scaler_on_cpu):
+        paddle.seed(0)
+        net = paddle.nn.Linear(3, 2)
+        opt = paddle.optimizer.SGD(0.1, parameters=net.parameters())
+        trainer = SimpleNamespace(optimizer=opt, scaler=scaler, loss=(net(paddle.ones([4, 3])) ** 2).mean())
+        OptimizerHook().after_train_iter(trainer)
+        assert net.weight.grad is None or float(net.weight.grad.abs().sum()) == 0.0  # cleared
+        results.append(net.weight.numpy())
+    np.testing.assert_array_equal(results[0], results[1])

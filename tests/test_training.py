@@ -1,5 +1,7 @@
 """End to end: training on real demo files, resume equivalence, evaluate-only, 2-process launch."""
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -21,7 +23,7 @@ def small_run_overrides(data_root, out_dir, epochs=2, workers=0):
             + [f"data.{split}.{s}" for split in ("train", "val") for s in sizes]
             + [f"output_dir={out_dir}", f"epochs={epochs}", "data.batch_size=16", "data.val_batch_size=8",
                f"data.num_workers={workers}", "model.drop_path_rate=0.1", "hooks.logger.interval=2",
-               "hooks.checkpoint.interval_iters=2", "hooks.checkpoint.keep_last=10"])
+               "lr_scheduler.warmup_lr=3e-5", "hooks.checkpoint.interval_iters=2", "hooks.checkpoint.keep_last=4"])
 
 
 def state(path):
@@ -41,22 +43,33 @@ def test_training_writes_outputs_and_learns(full_run):
     files = set(os.listdir(out))
     assert {"log.txt", "config.yaml", "command.txt", "best.pdparams", "final.pdparams", "final_ema.pdparams",
             "vdl"} <= files
-    assert "ckpt_e0000_i000002.pdckpt" in files and "ckpt_e0001_i000005.pdckpt" in files
+    # written at iterations 2, 4, 5 of both epochs; the newest 4 kept
+    assert sorted(f for f in files if f.endswith(".pdckpt")) == [
+        "ckpt_e0000_i000005.pdckpt", "ckpt_e0001_i000002.pdckpt", "ckpt_e0001_i000004.pdckpt",
+        "ckpt_e0001_i000005.pdckpt"]
     assert not [f for f in files if ".tmp" in f]
     log = open(os.path.join(out, "log.txt")).read()
-    assert "epoch 1 eval (30 images)" in log and "lr 1.000e-05" in log  # warmup lr applied in epoch 0
+    assert "epoch 1 eval (30 images)" in log
+    # per-epoch LR: warmup_lr in epoch 0 (warmup applies from the start), then the cosine value
+    assert re.search(r"epoch 0 \[2/5\] loss \S+ lr 3\.000e-05", log)
+    assert re.search(r"epoch 1 \[2/5\] loss \S+ lr 5\.050e-04", log)
     assert metrics["model/count"] == 30 and metrics["tracked"] == "ema"
     assert metrics["model/top1"] > 30.0  # 10 classes: chance is 10%
 
 
-def test_resume_matches_uninterrupted_run(full_run, tmp_path):
+@pytest.mark.parametrize("checkpoint, resumes_at, first_logged", [
+    ("ckpt_e0001_i000002.pdckpt", "epoch 1, iteration 2", "epoch 1 [4/5]"),  # mid-epoch
+    ("ckpt_e0000_i000005.pdckpt", "epoch 1, iteration 0", "epoch 1 [2/5]"),  # end of an epoch
+])
+def test_resume_matches_uninterrupted_run(full_run, tmp_path, checkpoint, resumes_at, first_logged):
     data_root, out, metrics = full_run
     resumed_out = str(tmp_path / "resumed")
     resumed = train.main(["-c", DEMO_CONFIG, "-o", *small_run_overrides(data_root, resumed_out),
-                          "--resume", os.path.join(out, "ckpt_e0000_i000002.pdckpt")])
+                          "--resume", os.path.join(out, checkpoint)])
     log = open(os.path.join(resumed_out, "log.txt")).read()
-    assert "continuing at epoch 0, iteration 2" in log
-    assert "epoch 0 [2/5]" not in log and "epoch 0 [4/5]" in log  # the first two iterations were not rerun
+    assert f"continuing at {resumes_at}" in log
+    logged = re.findall(r"epoch \d \[\d/5\]", log)
+    assert logged[0] == first_logged and "epoch 0" not in " ".join(logged)  # nothing done twice
     for name in ("final.pdparams", "final_ema.pdparams"):
         a, b = state(os.path.join(out, name)), state(os.path.join(resumed_out, name))
         assert a.keys() == b.keys()
@@ -65,12 +78,22 @@ def test_resume_matches_uninterrupted_run(full_run, tmp_path):
     assert resumed["model/top1"] == metrics["model/top1"] and resumed["ema/top1"] == metrics["ema/top1"]
 
 
-def test_evaluate_only_reproduces_final_metrics(full_run, capsys):
+def test_evaluate_only_reproduces_final_metrics(full_run, tmp_path, capsys):
     data_root, out, metrics = full_run
-    # the training split is never read: point it at a directory that does not exist
-    result = train.main(["-c", DEMO_CONFIG, "-o", *small_run_overrides(data_root, out),
-                         "data.train.root=/nonexistent/train", "--load", os.path.join(out, "final.pdparams"),
-                         "--evaluate-only"])
+    # a copy of the val split alone, read as plain ImageNet layout: the training split cannot be read
+    shutil.copytree(os.path.join(data_root, "val"), tmp_path / "val")
+    shutil.copy(os.path.join(data_root, "classes.txt"), tmp_path / "classes.txt")
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"""_base_: {DEMO_CONFIG}
+data:
+  train: {{name: ImageNetTokenLabel, root: /nonexistent/train}}
+  val:
+    name: ImageNetTokenLabel
+    root: {tmp_path / 'val'}
+    class_list: {tmp_path / 'classes.txt'}
+    transforms: [{{name: ResizeCropPct, size: 64, crop_pct: 1.0}}, {{name: Normalize}}]
+""")
+    result = train.main(["-c", str(config), "--load", os.path.join(out, "final.pdparams"), "--evaluate-only"])
     assert result["top1"] == metrics["model/top1"] and result["count"] == 30
     assert f"top-1 {result['top1']:.3f}" in capsys.readouterr().out
 
@@ -103,6 +126,9 @@ def test_two_process_launch_trains_and_counts_each_val_image_once(full_run, tmp_
     logs = launch(["-c", DEMO_CONFIG, "-o", *small_run_overrides(data_root, dist_out, epochs=1, workers=1),
                    "data.batch_size=8"], str(tmp_path / "log_train"))
     assert "(x2 procs)" in logs[0] and "epoch 0 eval (30 images)" in logs[0]
+    # each process trained on its own shard; gradient averaging kept the replicas identical
+    fingerprints = [re.search(r"weights fingerprint (\S+)", logs[r]).group(1) for r in (0, 1)]
+    assert fingerprints[0] == fingerprints[1]
     assert "[5/5]" in logs[0]  # 80 images / (8 per process x 2 processes)
     assert os.path.exists(os.path.join(dist_out, "final.pdparams"))
     # evaluation sharded over 2 processes equals the single-process result

@@ -16,7 +16,7 @@ import paddle  # noqa: E402
 
 from passl_tl import build_model, load_weights  # noqa: E402
 from passl_tl.engine import DEFAULTS, Trainer, evaluate, seed_everything  # noqa: E402
-from passl_tl.engine.data import build_dataset, build_loader  # noqa: E402
+from passl_tl.engine.data import build_dataset, build_loader, check_data_matches_model  # noqa: E402
 from passl_tl.engine.trainer import amp_context_from  # noqa: E402
 from passl_tl.utils.config import ConfigError, dump_config, load_config  # noqa: E402
 from passl_tl.utils.dist import init_distributed, is_main  # noqa: E402
@@ -40,6 +40,7 @@ def evaluate_only(cfg, model) -> dict:
     if not data["val"]:
         raise ConfigError(f"--evaluate-only needs a 'data.val' dataset in {cfg.source}")
     val_set = build_dataset(data["val"], f"data.val of {cfg.source}", cfg["seed"])
+    check_data_matches_model(model, None, val_set, None, cfg.source)
     loader = build_loader(val_set, data["val_batch_size"], data["num_workers"], False, cfg["seed"])
     metrics = evaluate(model, loader, amp_context_from(cfg["amp"]))
     if is_main():
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(args.config, args.override, DEFAULTS)
     if args.seed is not None:
         cfg["seed"] = args.seed
+    amp_context_from(cfg["amp"])  # validates the amp section before any heavy work
     paddle.set_device(cfg["device"])
     init_distributed()
     logger = setup_logger(None if args.evaluate_only else cfg["output_dir"])
@@ -77,6 +79,6 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -2,6 +2,7 @@
 from . import hooks, lr_schedulers, optimizers
 from .defaults import DEFAULTS
 from .evaluation import evaluate
-from .trainer import Trainer, seed_everything
+from ..utils.seeding import seed_everything
+from .trainer import Trainer
 
 __all__ = ["DEFAULTS", "Trainer", "evaluate", "hooks", "lr_schedulers", "optimizers", "seed_everything"]

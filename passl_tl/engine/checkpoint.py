@@ -18,9 +18,10 @@ def save_atomic(obj: Any, path: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         raise OSError(f"could not write checkpoint {path}: {e}") from e
+    finally:
+        if os.path.exists(tmp):  # only left over when writing failed or was interrupted
+            os.remove(tmp)
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

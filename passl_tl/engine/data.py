@@ -9,7 +9,7 @@ import paddle
 
 from .. import datasets  # noqa: F401  (registers the datasets and transforms)
 from ..utils.dist import rank, world_size
-from ..utils.registry import DATASETS, TRANSFORMS, accepted_arguments
+from ..utils.registry import DATASETS, TRANSFORMS, ConfigError, accepted_arguments
 
 
 class ShardedBatchSampler(paddle.io.BatchSampler):
@@ -77,3 +77,32 @@ def build_loader(dataset, batch_size: int, num_workers: int, train: bool, seed: 
 
 def build_target_builder(cfg: Mapping[str, Any] | None, where: str):
     return TRANSFORMS.build(cfg, where) if cfg else None
+
+
+def check_data_matches_model(model: paddle.nn.Layer, train_set: Any, val_set: Any,
+                             target: Mapping[str, Any] | None, source: str) -> None:
+    """Fail before any heavy work when model, datasets and targets disagree.
+
+    Checks the class count of every piece, that train and val index classes identically,
+    that validation yields class ids (no ``label_root``), and that the token-label grid
+    matches the model's token grid.
+    """
+    num_classes = model.num_classes
+    for split, ds in (("train", train_set), ("val", val_set)):
+        if ds is not None and getattr(ds, "num_classes", num_classes) != num_classes:
+            raise ConfigError(f"data.{split} ({getattr(ds, 'root', '')}) has {ds.num_classes} classes but the "
+                              f"model has num_classes={num_classes} in {source}")
+    if train_set is not None and val_set is not None and hasattr(train_set, "classes") \
+            and getattr(val_set, "classes", train_set.classes) != train_set.classes:
+        raise ConfigError(f"data.train and data.val index different classes in {source} (give both the "
+                          f"same class_list)")
+    if val_set is not None and getattr(val_set, "label_root", None):
+        raise ConfigError(f"data.val must yield class ids: remove its label_root in {source}")
+    if target:
+        if target.get("num_classes", num_classes) != num_classes:
+            raise ConfigError(f"data.target.num_classes={target['num_classes']} but the model has "
+                              f"num_classes={num_classes} in {source}")
+        size, grid = target.get("label_size", 1), tuple(getattr(model, "grid_size", ()))
+        if size > 1 and grid and grid != (size, size):
+            raise ConfigError(f"data.target.label_size={size} gives a {size}x{size} token-label grid but the "
+                              f"model's token grid is {grid[0]}x{grid[1]} in {source}")

@@ -28,6 +28,3 @@ class ModelEMA:
 
     def state_dict(self) -> dict:
         return self.module.state_dict()
-
-    def set_state_dict(self, state: dict) -> None:
-        self.module.set_state_dict(state)

@@ -8,7 +8,7 @@ from ..utils.registry import LR_SCHEDULERS
 
 @LR_SCHEDULERS.register
 class CosineWarmup:
-    """timm's ``CosineLRScheduler`` as LV-ViT/DeiT use it (one cycle, per-epoch steps).
+    """timm's ``CosineLRScheduler`` as the LV-ViT recipe uses it (one cycle, per-epoch steps).
 
     Epoch ``t < warmup_epochs``: linear from ``warmup_lr`` towards ``base_lr`` (epoch 0 runs
     at ``warmup_lr``); then cosine from ``base_lr`` to ``min_lr`` over ``epochs`` (counted from
@@ -35,18 +35,3 @@ class CosineWarmup:
             return self.min_lr
         return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * epoch / self.epochs))
 
-
-@LR_SCHEDULERS.register
-class Constant:
-    """A fixed learning rate (fine-tuning recipes use ``lr = min_lr``)."""
-
-    def __init__(self, base_lr: float, epochs: int):
-        self.base_lr = base_lr
-        self.epochs = epochs
-
-    @property
-    def total_epochs(self) -> int:
-        return self.epochs
-
-    def lr_at(self, epoch: int) -> float:
-        return self.base_lr

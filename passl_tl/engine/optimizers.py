@@ -19,10 +19,13 @@ def decay_parameter_names(model: paddle.nn.Layer) -> set[str]:
 
 @OPTIMIZERS.register
 def AdamW(model: paddle.nn.Layer, lr: float = 1e-3, weight_decay: float = 0.05,
-          betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> paddle.optimizer.Optimizer:
-    """AdamW (decoupled weight decay) with no decay on 1-D params, ``pos_embed``, ``cls_token``."""
+          betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+          clip_grad: float | None = None) -> paddle.optimizer.Optimizer:
+    """AdamW (decoupled weight decay) with no decay on 1-D params, ``pos_embed``, ``cls_token``;
+    ``clip_grad`` clips the global gradient norm."""
     decay = decay_parameter_names(model)
     return paddle.optimizer.AdamW(
         learning_rate=lr, beta1=betas[0], beta2=betas[1], epsilon=eps,
         parameters=[p for p in model.parameters() if not p.stop_gradient],
-        weight_decay=weight_decay, apply_decay_param_fun=lambda name: name in decay)
+        weight_decay=weight_decay, apply_decay_param_fun=lambda name: name in decay,
+        grad_clip=paddle.nn.ClipGradByGlobalNorm(clip_grad) if clip_grad else None)

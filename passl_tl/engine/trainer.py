@@ -4,36 +4,32 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import random
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import paddle
 
-from ..utils.config import Config
+from ..models import set_state_strict
+from ..utils.config import Config, ConfigError
 from ..utils.dist import is_main, rank, world_size
 from ..utils.logger import get_logger
 from ..utils.registry import HOOKS, LR_SCHEDULERS, OPTIMIZERS
+from ..utils.seeding import derived_seed
 from .checkpoint import load_checkpoint, portable_optimizer_state, restore_optimizer_state
-from .data import build_dataset, build_loader, build_target_builder
+from .data import build_dataset, build_loader, build_target_builder, check_data_matches_model
 from .hooks.hook import Hook
+from .hooks.lr_scheduler import LRSchedulerHook
 
-
-def derived_seed(*parts: int) -> int:
-    """A 32-bit seed that depends on every part (run seed, rank, step, ...)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    paddle.seed(seed)
+AMP_DTYPES = ("float16", "bfloat16")
 
 
 def amp_context_from(cfg: Mapping[str, Any]) -> Callable | None:
+    """``auto_cast`` for the config's ``amp`` section (O1: white-listed ops in low precision)."""
     if not cfg.get("enable"):
         return None
-    return functools.partial(paddle.amp.auto_cast, enable=True, level=cfg["level"], dtype=cfg["dtype"])
+    if cfg["dtype"] not in AMP_DTYPES or cfg["level"] != "O1":
+        raise ConfigError(f"amp supports level 'O1' with dtype {' or '.join(AMP_DTYPES)}, "
+                          f"got level {cfg['level']!r} dtype {cfg['dtype']!r}")
+    return functools.partial(paddle.amp.auto_cast, enable=True, level="O1", dtype=cfg["dtype"])
 
 
 class Trainer:
@@ -43,8 +39,10 @@ class Trainer:
     ``global_step``, ``mix_box`` (set by MixToken), ``loss``, ``outputs``, ``metrics``.
     """
 
-    def __init__(self, cfg: Config, model: paddle.nn.Layer, train_loader, val_loader, optimizer,
-                 lr_scheduler, hooks: list[Hook], target_builder=None, scaler=None):
+    def __init__(self, cfg: Config, model: paddle.nn.Layer, train_loader: paddle.io.DataLoader,
+                 val_loader: paddle.io.DataLoader | None, optimizer: paddle.optimizer.Optimizer,
+                 lr_scheduler: Any, hooks: Mapping[str, Hook], target_builder: Callable | None = None,
+                 scaler: paddle.amp.GradScaler | None = None):
         self.cfg = cfg
         self.seed = int(cfg["seed"])
         self.rank = rank()
@@ -56,7 +54,9 @@ class Trainer:
         self.target_builder = target_builder
         self.scaler = scaler
         self.amp_context = amp_context_from(cfg["amp"])
-        self.hooks = sorted(hooks, key=lambda h: h.priority)
+        self.hooks = dict(sorted(hooks.items(), key=lambda item: item[1].priority))
+        if not any(isinstance(h, LRSchedulerHook) for h in self.hooks.values()) and is_main():
+            get_logger().warning("no LRSchedulerHook configured: the learning rate stays at the optimizer's lr")
         self.max_epochs = lr_scheduler.total_epochs
         self.iters_per_epoch = len(train_loader.batch_sampler)
         self.batch_size = train_loader.batch_sampler.batch_size
@@ -79,7 +79,8 @@ class Trainer:
         optimizer = OPTIMIZERS.build(cfg["optimizer"], f"optimizer of {cfg.source}", model=model)
         lr_scheduler = LR_SCHEDULERS.build(cfg["lr_scheduler"], f"lr_scheduler of {cfg.source}",
                                            base_lr=cfg["optimizer"]["lr"], epochs=cfg["epochs"])
-        hooks = [HOOKS.build(h, f"hooks.{key} of {cfg.source}") for key, h in cfg["hooks"].items() if h]
+        check_data_matches_model(model, train_set, val_set, data["target"], cfg.source)
+        hooks = {key: HOOKS.build(h, f"hooks.{key} of {cfg.source}") for key, h in cfg["hooks"].items() if h}
         amp = cfg["amp"]
         scaler = (paddle.amp.GradScaler(init_loss_scaling=amp["init_loss_scaling"])
                   if amp["enable"] and amp["dtype"] == "float16" else None)
@@ -109,7 +110,7 @@ class Trainer:
 
     def train_step(self, images: paddle.Tensor, labels: paddle.Tensor) -> None:
         """Forward and loss of one batch; backward and the update are the optimizer hook's."""
-        paddle.seed(derived_seed(self.seed, self.rank, self.global_step))  # drop path / dropout
+        paddle.seed(derived_seed(self.seed, self.rank, self.global_step, 0))  # drop path / dropout
         targets = self.target_builder(labels) if self.target_builder is not None else labels
         with (self.amp_context() if self.amp_context else contextlib.nullcontext()):
             self.outputs = self.model(images, mix_box=self.mix_box)
@@ -123,7 +124,7 @@ class Trainer:
             self.train_loader.dataset.set_epoch(epoch)
 
     def _call(self, point: str) -> None:
-        for hook in self.hooks:
+        for hook in self.hooks.values():
             getattr(hook, point)(self)
 
     # ----------------------------------------------------------- checkpoints
@@ -137,7 +138,7 @@ class Trainer:
             "model": self.model_without_ddp.state_dict(),
             "optimizer": portable_optimizer_state(self.optimizer.state_dict(), self.model_without_ddp),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "hooks": {type(h).__name__: h.state_dict() for h in self.hooks},
+            "hooks": {key: h.state_dict() for key, h in self.hooks.items()},
             "epoch": epoch,
             "iters_done": iters_done,
             "iters_per_epoch": self.iters_per_epoch,
@@ -149,13 +150,17 @@ class Trainer:
             raise ValueError(f"cannot resume from {path}: it was written with {state['iters_per_epoch']} "
                              f"iterations per epoch, this run has {self.iters_per_epoch} (batch size, data "
                              f"or process count changed)")
-        self.model_without_ddp.set_state_dict(state["model"])
+        set_state_strict(self.model_without_ddp, state["model"], path)
         self.optimizer.set_state_dict(restore_optimizer_state(state["optimizer"], self.model_without_ddp))
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
-        for hook in self.hooks:
-            if type(hook).__name__ in state["hooks"]:
-                hook.set_state_dict(state["hooks"][type(hook).__name__])
+        for key, hook in self.hooks.items():
+            saved = state["hooks"].get(key)
+            if saved is None and hook.state_dict():
+                raise ValueError(f"cannot resume from {path}: it holds no state for hook '{key}' "
+                                 f"({type(hook).__name__}); saved hooks: {', '.join(state['hooks'])}")
+            if saved:
+                hook.set_state_dict(saved)
         self.start_epoch, self.start_iter = state["epoch"], state["iters_done"]
         if self.start_iter >= self.iters_per_epoch:
             self.start_epoch, self.start_iter = self.start_epoch + 1, 0

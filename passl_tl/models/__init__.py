@@ -9,9 +9,9 @@ from ..utils.config import Config
 from ..utils.registry import MODELS
 from . import backbones, heads  # noqa: F401  (registers the backbones, heads and presets)
 from .classifier import Classifier
-from .weights import load_weights
+from .weights import load_weights, set_state_strict
 
-__all__ = ["Classifier", "build_model", "create_model", "load_weights"]
+__all__ = ["Classifier", "build_model", "create_model", "load_weights", "set_state_strict"]
 
 
 def build_model(cfg: Mapping[str, Any]) -> nn.Layer:

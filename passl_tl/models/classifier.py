@@ -23,11 +23,17 @@ class Classifier(nn.Layer):
         self.head = HEADS.build(head, "model.head", in_channels=self.backbone.embed_dim)
 
     @property
+    def num_classes(self) -> int:
+        return self.head.num_classes
+
+    @property
     def grid_size(self) -> tuple[int, int]:
         """The backbone's token grid (rows, cols), on which MixToken boxes are drawn."""
         return self.backbone.grid_size
 
     def forward(self, x: Tensor, mix_box: Sequence[int] | None = None) -> Any:
+        if not self.training:
+            mix_box = None  # MixToken is a training augmentation (as official)
         return self.head(self.backbone(x, mix_box), self.backbone.grid_size, mix_box)
 
     def loss(self, outputs: Any, target: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:

@@ -1,4 +1,4 @@
-"""Building blocks shared by the vision transformers (LV-ViT, DeiT, T2T-ViT)."""
+"""Vision-transformer building blocks (attention, MLP, blocks, drop path, init, torch-style BatchNorm)."""
 from __future__ import annotations
 
 import math

@@ -28,10 +28,16 @@ def load_weights(model: nn.Layer, path: str) -> str:
         state = convert_official(state, model)
     else:
         raise ConfigError(f"unknown weights format {path}: expected .pdparams or {', '.join(TORCH_SUFFIXES)}")
+    set_state_strict(model, state, path)
+    return f"loaded {len(state)} tensors from {os.path.basename(path)} ({layout})"
+
+
+def set_state_strict(model: nn.Layer, state: Mapping[str, Any], path: str) -> None:
+    """``model.set_state_dict(state)`` that fails, naming ``path`` and the keys, unless every key
+    matches by name and shape; values are cast to the model's dtypes."""
     expected = model.state_dict()
     _check_compatible(model, expected, state, path)
     model.set_state_dict({k: _to_dtype(v, expected[k].dtype) for k, v in state.items()})
-    return f"loaded {len(state)} tensors from {os.path.basename(path)} ({layout})"
 
 
 def select_state_dict(checkpoint: Any, path: str) -> tuple[dict[str, np.ndarray], str]:

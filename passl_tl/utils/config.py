@@ -129,7 +129,11 @@ def apply_override(cfg: dict, keys: list[str], value: Any, source: str) -> None:
         node = node[key]
     last = keys[-1]
     if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-        node[int(last)] = value
+        old = node[int(last)]
+        if not _compatible(old, _coerce_number(old, value)) or isinstance(old, Mapping) != isinstance(value, Mapping):
+            raise ConfigError(f"override '{'.'.join(keys)}={value!r}': expected {type(old).__name__} like "
+                              f"the current value {old!r} in {source}")
+        node[int(last)] = _coerce_number(old, value)
         return
     if not isinstance(node, dict):
         raise ConfigError(f"override '{'.'.join(keys)}': '{'.'.join(keys[:-1])}' is not a mapping in {source}")
@@ -167,7 +171,8 @@ def _accepted(node: Any) -> str:
 
 
 def check_keys(section: Mapping, allowed: Mapping, path: str, source: str) -> None:
-    """Reject keys of ``section`` that ``allowed`` does not have (recursing into plain sub-mappings)."""
+    """Reject keys of ``section`` that ``allowed`` does not have, and plain values whose type differs
+    from the default's (recursing into plain sub-mappings)."""
     for key, value in section.items():
         if key not in allowed and _is_component_collection(allowed) and _is_component(value, True):
             continue
@@ -177,6 +182,9 @@ def check_keys(section: Mapping, allowed: Mapping, path: str, source: str) -> No
         sub = allowed[key]
         if isinstance(sub, dict) and sub and isinstance(value, Mapping) and "name" not in value:
             check_keys(value, sub, f"{path}{key}.", source)
+        elif not isinstance(sub, dict) and not _compatible(sub, _coerce_number(sub, value)):
+            raise ConfigError(f"'{path + key}: {value!r}' in {source} should be a {type(sub).__name__} "
+                              f"(default {sub!r})")
 
 
 def _is_component(value: Any, allow_none: bool = False) -> bool:

@@ -51,7 +51,12 @@ class Registry:
         kwargs = dict(cfg)
         target = self.get(kwargs.pop("name"), where)
         check_arguments(target, kwargs, where or self.kind)
-        return target(**{**extra, **kwargs})
+        try:
+            return target(**{**extra, **kwargs})
+        except ConfigError as e:
+            if where and where not in str(e):
+                raise ConfigError(f"{e} (in {where})") from e
+            raise
 
 
 def accepted_arguments(target: Callable) -> tuple[list[str], bool]:

@@ -5,8 +5,6 @@ import glob
 import os
 import re
 
-
-
 from ...utils.dist import is_main
 from ...utils.logger import get_logger
 from ...utils.registry import HOOKS

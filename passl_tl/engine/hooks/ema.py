@@ -1,6 +1,7 @@
 """Model EMA as a hook: updated after every optimizer step, saved in checkpoints."""
 from __future__ import annotations
 
+from ...models.weights import set_state_strict
 from ...utils.registry import HOOKS
 from ..ema import ModelEMA
 from .hook import Hook
@@ -27,4 +28,4 @@ class EMAHook(Hook):
         return {"ema": self.ema.state_dict()}
 
     def set_state_dict(self, state: dict) -> None:
-        self.ema.set_state_dict(state["ema"])
+        set_state_strict(self.ema.module, state["ema"], "the checkpoint's EMA state")

@@ -4,10 +4,17 @@ from __future__ import annotations
 import os
 import time
 
+import paddle
+
 from ...utils.dist import all_reduce_sum, is_main, world_size
 from ...utils.logger import get_logger
 from ...utils.registry import HOOKS
 from .hook import Hook
+
+
+def weights_fingerprint(model: paddle.nn.Layer) -> float:
+    """Sum of |w| over all trainable parameters, in float64."""
+    return float(sum(p.astype("float64").abs().sum() for p in model.parameters() if not p.stop_gradient))
 
 
 @HOOKS.register
@@ -62,6 +69,8 @@ class LoggerHook(Hook):
                 self._scalar(f"val/{key}", value, trainer.epoch)
 
     def after_run(self, trainer) -> None:
+        # Every process logs it: equal values show the replicas stayed in sync.
+        get_logger().info(f"weights fingerprint {weights_fingerprint(trainer.model_without_ddp):.10e}")
         if self.writer is not None:
             self.writer.close()
 

@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...utils.registry import HOOKS
+from ...utils.seeding import derived_seed
 from .hook import Hook
+
+if TYPE_CHECKING:
+    from ..trainer import Trainer
 
 MixBox = tuple[int, int, int, int]
 
@@ -32,32 +37,21 @@ def sample_mix_box(rng: np.random.RandomState, grid_size: tuple[int, int], alpha
     return x1, y1, x2, y2
 
 
-def box_lam(box: MixBox | None, num_tokens: int) -> float:
-    """Share of tokens a sample keeps from itself: ``1 - box area / N``."""
-    if box is None:
-        return 1.0
-    x1, y1, x2, y2 = box
-    return 1.0 - (x2 - x1) * (y2 - y1) / num_tokens
-
-
 @HOOKS.register
 class MixTokenHook(Hook):
     """Hands the model a fresh MixToken box every training iteration.
 
     The box is seeded by (run seed, rank, global step), so runs and resumed runs are
-    reproducible and ranks draw independently. ``prob`` is the chance of mixing at all.
+    reproducible and ranks draw independently.
     """
 
     priority = 10
+    STREAM = 1  # tells this random stream apart from others derived from the same step
 
-    def __init__(self, alpha: float = 1.0, prob: float = 1.0):
+    def __init__(self, alpha: float = 1.0):
         self.alpha = alpha
-        self.prob = prob
 
-    def before_train_iter(self, trainer) -> None:
-        rng = np.random.RandomState([trainer.seed, trainer.rank, trainer.global_step, 0x6D74])
-        if self.prob < 1.0 and rng.rand() >= self.prob:
-            trainer.mix_box = None
-            return
+    def before_train_iter(self, trainer: "Trainer") -> None:
+        rng = np.random.RandomState(derived_seed(trainer.seed, trainer.rank, trainer.global_step, self.STREAM))
         box = sample_mix_box(rng, trainer.grid_size, self.alpha)
         trainer.mix_box = box if box[0] < box[2] and box[1] < box[3] else None

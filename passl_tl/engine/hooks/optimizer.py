@@ -1,26 +1,23 @@
-"""Backward pass and optimizer step (with AMP loss scaling and optional gradient clipping)."""
+"""Backward pass and optimizer step (with AMP loss scaling)."""
 from __future__ import annotations
 
-import paddle
+from typing import TYPE_CHECKING
 
 from ...utils.registry import HOOKS
 from .hook import Hook
 
+if TYPE_CHECKING:
+    from ..trainer import Trainer
+
 
 @HOOKS.register
 class OptimizerHook(Hook):
-    """``loss.backward()``, optional clip of the global gradient norm, ``optimizer.step()``."""
+    """``loss.backward()`` (scaled when a GradScaler is in use), ``optimizer.step()``, clear grads.
+    Gradient clipping is the optimizer's (``optimizer.clip_grad``)."""
 
     priority = 20
 
-    def __init__(self, clip_grad: float | None = None):
-        self.clip_grad = clip_grad
-
-    def before_run(self, trainer) -> None:
-        if self.clip_grad:
-            trainer.optimizer._grad_clip = paddle.nn.ClipGradByGlobalNorm(self.clip_grad)
-
-    def after_train_iter(self, trainer) -> None:
+    def after_train_iter(self, trainer: "Trainer") -> None:
         optimizer, scaler = trainer.optimizer, trainer.scaler
         if scaler is not None:
             scaler.scale(trainer.loss).backward()

@@ -24,6 +24,7 @@ class TokenLabelHead(nn.Layer):
     def __init__(self, in_channels: int, num_classes: int, cls_weight: float = 1.0,
                  dense_weight: float = 1.0, aux_eval_weight: float = 0.5, ground_truth: bool = False):
         super().__init__()
+        self.num_classes = num_classes
         self.cls_weight = cls_weight
         self.dense_weight = dense_weight
         self.aux_eval_weight = aux_eval_weight
@@ -62,7 +63,7 @@ class TokenLabelHead(nn.Layer):
         else:
             raise ValueError(f"target must be [B, K] = [{B}, {K}] or [B, K, 2 + N] = [{B}, {K}, {2 + N}], "
                              f"got {list(target.shape)}")
-        lam = 1.0 - _box_area(mix_box) / N
+        lam = mix_lam(mix_box, N)
         if lam < 1.0:
             cls_target = lam * cls_target + (1.0 - lam) * cls_target.flip(0)
         loss_cls = -(cls_target * F.log_softmax(x_cls, axis=-1)).sum(-1).mean()
@@ -78,8 +79,9 @@ def _trust_ground_truth(ground_truth: Tensor, cls_target: Tensor) -> Tensor:
     return cls_target * ratio + ground_truth * (1.0 - ratio)
 
 
-def _box_area(box: Sequence[int] | None) -> int:
+def mix_lam(box: Sequence[int] | None, num_tokens: int) -> float:
+    """Share of its own tokens a sample keeps under MixToken: ``1 - box area / N``."""
     if box is None:
-        return 0
+        return 1.0
     x1, y1, x2, y2 = (int(v) for v in box)
-    return (x2 - x1) * (y2 - y1)
+    return 1.0 - (x2 - x1) * (y2 - y1) / num_tokens
