@@ -115,6 +115,6 @@ def lvvit_medium(**overrides: Any) -> Classifier:
 
 @MODELS.register
 def lvvit_large(**overrides: Any) -> Classifier:
-    """LV-ViT-L: 768 wide, 24 deep, 12 heads, 128-channel stem (150.0M params)."""
+    """LV-ViT-L: 768 wide, 24 deep, 12 heads, 128-channel stem (150.02M params at 224)."""
     return _lvvit(dict(embed_dim=768, depth=24, num_heads=12, skip_lam=3.0, stem_channels=128),
                   overrides, "lvvit_large")
