@@ -57,6 +57,18 @@ def test_training_writes_outputs_and_learns(full_run):
     assert metrics["model/top1"] > 30.0  # 10 classes: chance is 10%
 
 
+def test_visualdl_scalars_are_readable(full_run):
+    from visualdl import LogReader
+    _, out, metrics = full_run
+    (record,) = os.listdir(os.path.join(out, "vdl"))
+    reader = LogReader(file_path=os.path.join(out, "vdl", record))
+    scalars = reader.get_tags()["scalar"]
+    for tag in ("train/loss", "train/lr", "train/img_per_s", "val/model/top1", "val/ema/top1", "val/ema/top5"):
+        assert tag in scalars
+    assert len(reader.get_data("scalar", "train/loss")) == 6  # logged at iterations 2, 4, 5 of 2 epochs
+    assert reader.get_data("scalar", "val/ema/top1")[-1].value == pytest.approx(metrics["ema/top1"])
+
+
 @pytest.mark.parametrize("checkpoint, resumes_at, first_logged", [
     ("ckpt_e0001_i000002.pdckpt", "epoch 1, iteration 2", "epoch 1 [4/5]"),  # mid-epoch
     ("ckpt_e0000_i000005.pdckpt", "epoch 1, iteration 0", "epoch 1 [2/5]"),  # end of an epoch
