@@ -6,111 +6,20 @@ import os
 import random
 from typing import Any, Callable, Mapping, Sequence
 
-import cv2
 import numpy as np
 
 from ..utils.registry import DATASETS, TRANSFORMS, ConfigError
+from .image_folder import read_class_list, read_list_file, read_rgb, scan_image_folder
 from .token_label import MIN_LABEL_WIDTH, check_class_ids, pack_label_sample
 from .transforms import FULL_CROP, to_chw_float
 
 logger = logging.getLogger(__name__)
 
-IMG_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp")
 LABEL_DTYPES = (np.float16, np.float32)
 MISSING_LABEL_MODES = ("error", "ground_truth")
 # Fallback label map: the ground truth as top-1 everywhere, the other slots negligible.
 FALLBACK_TOP_LOGIT = 20.0
 FALLBACK_OTHER_LOGIT = -20.0
-
-
-def read_class_list(path: str) -> list[str]:
-    """Class wnids, one per line (the first word; the rest, e.g. a readable name, is ignored)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"class list {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        wnids = [line.split()[0] for line in f if line.strip()]
-    if not wnids:
-        raise ValueError(f"class list {path} is empty")
-    duplicates = sorted({w for w in wnids if wnids.count(w) > 1})
-    if duplicates:
-        raise ValueError(f"class list {path} repeats {', '.join(duplicates)}")
-    return wnids
-
-
-Samples = list[tuple[str, int]]
-
-
-def _is_class_dir(path: str) -> bool:
-    """A visible directory holding at least one image (skips ``.ipynb_checkpoints``, ``lost+found``...)."""
-    name = os.path.basename(path)
-    return (os.path.isdir(path) and not name.startswith(".")
-            and any(f.lower().endswith(IMG_EXTENSIONS) for f in os.listdir(path)))
-
-
-def scan_image_folder(root: str, classes: Sequence[str] | None = None) -> tuple[Samples, list[str]]:
-    """Samples of ``<root>/<wnid>/<image>`` and the class names (sorted subdirs unless ``classes``)."""
-    subdirs = sorted(d for d in os.listdir(root) if _is_class_dir(os.path.join(root, d)))
-    if classes is None:
-        classes = subdirs
-    index = {wnid: i for i, wnid in enumerate(classes)}
-    unknown = [d for d in subdirs if d not in index]
-    if unknown:
-        raise ValueError(f"{root} has class directories not in the class list: {', '.join(unknown[:5])}")
-    samples = []
-    for wnid in subdirs:
-        folder = os.path.join(root, wnid)
-        samples += [(os.path.join(folder, f), index[wnid]) for f in sorted(os.listdir(folder))
-                    if f.lower().endswith(IMG_EXTENSIONS)]
-    if not samples:
-        raise FileNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS)}) found in the class "
-                                f"subdirectories of {root}")
-    return samples, list(classes)
-
-
-def read_list_file(root: str, list_file: str, classes: Sequence[str] | None = None) -> tuple[Samples, list[str]]:
-    """Samples of a ``<path relative to root> <int label>`` list and the class names.
-
-    Without ``classes`` the names are the images' directory names when labels and directories
-    correspond one to one, else the label numbers as strings.
-    """
-    if not os.path.isfile(list_file):
-        raise FileNotFoundError(f"list file {list_file} does not exist")
-    samples = []
-    with open(list_file, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rsplit(None, 1)
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise ValueError(f"{list_file}:{line_no}: expected '<relative path> <int label>', "
-                                 f"got {line.strip()!r}")
-            samples.append((os.path.join(root, parts[0].strip()), int(parts[1])))
-    if not samples:
-        raise ValueError(f"list file {list_file} lists no images")
-    labels = [label for _, label in samples]
-    num_classes = len(classes) if classes is not None else max(labels) + 1
-    if min(labels) < 0 or max(labels) >= num_classes:
-        raise ValueError(f"{list_file}: labels span [{min(labels)}, {max(labels)}], outside "
-                         f"[0, {num_classes}) given {num_classes} classes")
-    if classes is None:
-        dirs = {(label, os.path.basename(os.path.dirname(path))) for path, label in samples}
-        names = dict(dirs)
-        one_to_one = len(dirs) == len(names) == len(set(names.values())) == num_classes
-        classes = [names[i] if one_to_one else str(i) for i in range(num_classes)]
-    return samples, list(classes)
-
-
-def read_rgb(path: str) -> np.ndarray:
-    """Decode an image file to HWC uint8 RGB with OpenCV."""
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise OSError(f"cannot read image {path}: {e}") from e
-    # PIL (used by timm and the label annotator) ignores EXIF orientation: so do we
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
-    if img is None:
-        raise ValueError(f"cannot decode image {path}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def fallback_label_map(gt: int, num_classes: int, shape: Sequence[int]) -> np.ndarray:
