@@ -148,8 +148,36 @@ def test_optimizer_hook_with_and_without_grad_scaler():
         paddle.seed(0)
         net = paddle.nn.Linear(3, 2)
         opt = paddle.optimizer.SGD(0.1, parameters=net.parameters())
-        trainer = SimpleNamespace(optimizer=opt, scaler=scaler, loss=(net(paddle.ones([4, 3])) ** 2).mean())
+        trainer = SimpleNamespace(optimizer=opt, scaler=scaler, loss=(net(paddle.ones([4, 3])) ** 2).mean(),
+                                  iter=0, iters_per_epoch=1)
         OptimizerHook().after_train_iter(trainer)
         assert net.weight.grad is None or float(net.weight.grad.abs().sum()) == 0.0  # cleared
         results.append(net.weight.numpy())
     np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_gradient_accumulation_equals_the_large_batch_step():
+    """Two accumulated half batches give the update of the whole batch, and step only once."""
+    from types import SimpleNamespace
+
+    from passl_tl.engine.hooks.optimizer import OptimizerHook
+    x = paddle.to_tensor(np.random.RandomState(0).standard_normal((4, 3)).astype("float32"))
+
+    def fresh():
+        paddle.seed(0)
+        net = paddle.nn.Linear(3, 2)
+        return net, paddle.optimizer.AdamW(0.1, parameters=net.parameters())
+
+    net, opt = fresh()
+    big = SimpleNamespace(optimizer=opt, scaler=None, loss=(net(x) ** 2).mean(), iter=0, iters_per_epoch=1)
+    OptimizerHook().after_train_iter(big)
+
+    net2, opt2 = fresh()
+    hook = OptimizerHook(accumulate_steps=2)
+    stepped = []
+    for i, part in enumerate((x[:2], x[2:])):
+        t = SimpleNamespace(optimizer=opt2, scaler=None, loss=(net2(part) ** 2).mean(), iter=i, iters_per_epoch=10)
+        hook.after_train_iter(t)
+        stepped.append(t.optimizer_stepped)
+    assert stepped == [False, True]
+    np.testing.assert_allclose(net2.weight.numpy(), net.weight.numpy(), rtol=1e-6, atol=1e-7)

@@ -35,8 +35,9 @@ def amp_context_from(cfg: Mapping[str, Any]) -> Callable | None:
 class Trainer:
     """Sequences hooks around ``forward -> loss`` for every batch of every epoch.
 
-    State the hooks read and write: ``epoch``, ``iter`` (index in the epoch),
-    ``global_step``, ``mix_box`` (set by MixToken), ``loss``, ``outputs``, ``metrics``.
+    State the hooks read and write: ``epoch``, ``iter`` (index in the epoch), ``global_step``,
+    ``images`` and ``targets`` of the batch (Mixup rewrites both), ``mix_box`` (set by MixToken),
+    ``loss``, ``outputs``, ``optimizer_stepped`` (set by the optimizer hook), ``metrics``.
     """
 
     def __init__(self, cfg: Config, model: paddle.nn.Layer, train_loader: paddle.io.DataLoader,
@@ -64,8 +65,10 @@ class Trainer:
         self.ema = None
         self.epoch = self.iter = self.global_step = 0
         self.start_epoch = self.start_iter = 0
-        self.mix_box = None
+        self.images = self.targets = self.mix_box = None
         self.loss = self.outputs = None
+        self.optimizer_stepped = False
+        self.accumulate_steps = 1
         self.metrics: dict[str, Any] = {}
 
     @classmethod
@@ -101,20 +104,22 @@ class Trainer:
             first = self.start_iter if epoch == self.start_epoch else 0
             for self.iter, (images, labels) in enumerate(self.train_loader, start=first):
                 self.global_step = epoch * self.iters_per_epoch + self.iter
+                self.images = images
+                self.targets = self.target_builder(labels) if self.target_builder is not None else labels
                 self._call("before_train_iter")
-                self.train_step(images, labels)
+                self.train_step()
                 self._call("after_train_iter")
             self._call("after_train_epoch")
         self._call("after_run")
         return self.metrics
 
-    def train_step(self, images: paddle.Tensor, labels: paddle.Tensor) -> None:
-        """Forward and loss of one batch; backward and the update are the optimizer hook's."""
+    def train_step(self) -> None:
+        """Forward and loss of the current batch (``images``, ``targets``, as the hooks left them);
+        backward and the update are the optimizer hook's."""
         paddle.seed(derived_seed(self.seed, self.rank, self.global_step, 0))  # drop path / dropout
-        targets = self.target_builder(labels) if self.target_builder is not None else labels
         with (self.amp_context() if self.amp_context else contextlib.nullcontext()):
-            self.outputs = self.model(images, mix_box=self.mix_box)
-            self.loss = self.model_without_ddp.loss(self.outputs, targets, self.mix_box)
+            self.outputs = self.model(self.images, mix_box=self.mix_box)
+            self.loss = self.model_without_ddp.loss(self.outputs, self.targets, self.mix_box)
 
     def _set_epoch(self, epoch: int, start_iter: int) -> None:
         sampler = self.train_loader.batch_sampler

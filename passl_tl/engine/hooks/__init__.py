@@ -6,7 +6,8 @@ from .hook import Hook
 from .logger import LoggerHook
 from .lr_scheduler import LRSchedulerHook
 from .mixtoken import MixTokenHook, sample_mix_box
+from .mixup import MixupHook
 from .optimizer import OptimizerHook
 
 __all__ = ["Hook", "CheckpointHook", "EMAHook", "EvaluateHook", "LoggerHook", "LRSchedulerHook",
-           "MixTokenHook", "OptimizerHook", "sample_mix_box"]
+           "MixTokenHook", "MixupHook", "OptimizerHook", "sample_mix_box"]

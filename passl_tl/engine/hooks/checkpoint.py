@@ -7,7 +7,7 @@ import re
 
 from ...utils.dist import is_main
 from ...utils.logger import get_logger
-from ...utils.registry import HOOKS
+from ...utils.registry import HOOKS, ConfigError
 from ..checkpoint import save_atomic
 from .hook import Hook
 
@@ -42,6 +42,12 @@ class CheckpointHook(Hook):
         self.keep_last = keep_last
         self.save_best = save_best
         self.best_top1 = -1.0
+
+    def before_run(self, trainer) -> None:
+        if self.interval_iters % trainer.accumulate_steps:
+            raise ConfigError(f"CheckpointHook interval_iters={self.interval_iters} must be a multiple of "
+                              f"the optimizer's accumulate_steps={trainer.accumulate_steps} (accumulated "
+                              f"gradients are not saved)")
 
     def after_train_iter(self, trainer) -> None:
         done = trainer.iter + 1

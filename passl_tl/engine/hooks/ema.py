@@ -22,7 +22,8 @@ class EMAHook(Hook):
         trainer.ema = self.ema
 
     def after_train_iter(self, trainer) -> None:
-        self.ema.update(trainer.model_without_ddp)
+        if trainer.optimizer_stepped:  # one EMA step per optimizer step
+            self.ema.update(trainer.model_without_ddp)
 
     def state_dict(self) -> dict:
         return {"ema": self.ema.state_dict()}
