@@ -8,6 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["passl_tl", "passl_tl.*"]),
+    package_data={"passl_tl": ["data/*.txt"]},  # bundled class names (ImageNet-1k)
     python_requires=">=3.9",
     install_requires=["numpy", "pyyaml", "visualdl", "opencv-python", "Pillow"],
     extras_require={
