@@ -122,6 +122,21 @@ def test_amp_switch_is_accepted(full_run, tmp_path):
     assert losses and all(np.isfinite(losses)) and metrics["model/count"] == 30
 
 
+def test_mixup_cutmix_and_accumulation_train(full_run, tmp_path):
+    """The optional recipe switches on a real run: Mixup/CutMix on token-label targets and
+    gradient accumulation (5 iterations with accumulate_steps=2 -> 3 optimizer steps)."""
+    data_root, _, _ = full_run
+    out = str(tmp_path / "mix")
+    metrics = train.main(["-c", DEMO_CONFIG, "-o", *small_run_overrides(data_root, out, epochs=1),
+                          "hooks.mixup={name: MixupHook, mixup_alpha: 0.8, cutmix_alpha: 1.0}",
+                          "hooks.optimizer.accumulate_steps=2"])
+    assert metrics["model/count"] == 30
+    state = paddle.load(os.path.join(out, "ckpt_e0000_i000005.pdckpt"))
+    steps = [v for k, v in state["optimizer"].items() if k.endswith("beta1_pow_acc_0")]
+    # Paddle keeps beta1 ** (steps + 1): 3 steps -> 0.9 ** 4 (5 unaccumulated steps would be 0.9 ** 6)
+    assert steps and all(np.isclose(float(v), 0.9 ** 4) for v in steps)
+
+
 def launch(args, log_dir, timeout=600):
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", log_dir,
            os.path.join(REPO_ROOT, "tools", "train.py"), *args]

@@ -115,7 +115,8 @@ def apply_override(cfg: dict, keys: list[str], value: Any, source: str) -> None:
     """Set ``cfg[k0][k1]... = value`` with type checking against the existing value.
 
     A key that does not exist is accepted only inside a component mapping (one with a
-    ``name``), whose accepted keys are checked when the component is built.
+    ``name``), whose accepted keys are checked when the component is built, or as a new
+    component of a collection of components (``-o hooks.mixup={name: MixupHook}``).
     """
     node = cfg
     for i, key in enumerate(keys[:-1]):
@@ -138,7 +139,7 @@ def apply_override(cfg: dict, keys: list[str], value: Any, source: str) -> None:
     if not isinstance(node, dict):
         raise ConfigError(f"override '{'.'.join(keys)}': '{'.'.join(keys[:-1])}' is not a mapping in {source}")
     if last not in node:
-        if "name" not in node:
+        if "name" not in node and not (_is_component_collection(node) and _is_component(value)):
             raise ConfigError(
                 f"override '{'.'.join(keys)}': key '{last}' does not exist in {source}" + _accepted(node))
     else:
@@ -193,7 +194,7 @@ def _is_component(value: Any, allow_none: bool = False) -> bool:
 
 def _is_component_collection(allowed: Mapping) -> bool:
     """A mapping of named components (such as ``hooks``) accepts new entries."""
-    return bool(allowed) and all(_is_component(v) for v in allowed.values())
+    return any(_is_component(v) for v in allowed.values()) and all(_is_component(v, True) for v in allowed.values())
 
 
 def load_config(path: str, overrides: Iterable[str] = (), defaults: Mapping | None = None) -> Config:
