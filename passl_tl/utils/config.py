@@ -61,7 +61,7 @@ def merge(base: dict, update: Mapping) -> dict:
     out = copy.deepcopy(base)
     for key, value in update.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), dict) and not value.get(DELETE_KEY) \
-                and value.get("name", out[key].get("name")) == out[key].get("name"):
+                and value.get("name", out[key].get("name")) == out[key].get("name", value.get("name")):
             out[key] = merge(out[key], value)
         elif isinstance(value, Mapping):
             out[key] = {k: copy.deepcopy(v) for k, v in value.items() if k != DELETE_KEY}
