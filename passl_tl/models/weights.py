@@ -1,26 +1,36 @@
-"""Load our ``.pdparams`` or an official PyTorch checkpoint into a model, strictly."""
+"""Load our ``.pdparams`` or an official PyTorch checkpoint into a model, strictly.
+
+The only tolerated differences: a ``backbone.pos_embed`` for another token grid is resized (fine-tuning
+at another image size) and, when asked, head tensors of another shape are skipped (another dataset).
+"""
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 
+from ..utils.logger import get_logger
 from ..utils.registry import ConfigError
 from ..utils.torch_checkpoint import load_torch_file
+from .pos_embed import patch_grid, resize_pos_embed
 
 TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt")
 # Where a training checkpoint keeps the weights, in order of preference.
 CHECKPOINT_KEYS = ("model", "state_dict", "state_dict_ema")
+EMA_KEY = "state_dict_ema"
 # Official top-level head names -> ours (inside the Classifier); everything else is backbone.
 HEAD_NAMES = {"head": "head.cls_head", "aux_head": "head.aux_head"}
 BN_BUFFERS = {"running_mean": "_mean", "running_var": "_variance"}
+POS_EMBED = "backbone.pos_embed"
 
 
-def load_weights(model: nn.Layer, path: str) -> str:
-    """Load ``path`` into ``model``: every key must match by name and shape; returns a short report."""
+def load_weights(model: nn.Layer, path: str, skip_mismatched_head: bool = False) -> str:
+    """Load ``path`` into the Classifier ``model``: every key must match by name and shape, except
+    that a ``backbone.pos_embed`` for another grid is resized and, with ``skip_mismatched_head``,
+    ``head.*`` tensors of another shape are left at the model's values. Returns a short report."""
     if path.endswith(".pdparams"):
         state, layout = dict(paddle.load(path)), "paddle state dict"
     elif path.endswith(TORCH_SUFFIXES):
@@ -28,8 +38,27 @@ def load_weights(model: nn.Layer, path: str) -> str:
         state = convert_official(state, model)
     else:
         raise ConfigError(f"unknown weights format {path}: expected .pdparams or {', '.join(TORCH_SUFFIXES)}")
+    notes, kept = adapt_state(model, state, path, skip_mismatched_head)
     set_state_strict(model, state, path)
-    return f"loaded {len(state)} tensors from {os.path.basename(path)} ({layout})"
+    return "; ".join([f"loaded {len(state) - len(kept)} tensors from {os.path.basename(path)} ({layout})", *notes])
+
+
+def adapt_state(model: nn.Layer, state: dict[str, Any], path: str, skip_mismatched_head: bool = False
+                ) -> tuple[list[str], list[str]]:
+    """Fit ``state`` (our names) to the Classifier ``model`` in place: resize ``backbone.pos_embed``
+    to the model's token grid; with ``skip_mismatched_head``, replace ``head.*`` tensors of another
+    shape by the model's own. Returns the changes made (also logged) and the keys so replaced."""
+    expected = model.state_dict()
+    notes = _fit_pos_embed(model, state, expected, path)
+    kept = [k for k in state if k.startswith("head.") and k in expected
+            and list(state[k].shape) != list(expected[k].shape)] if skip_mismatched_head else []
+    if kept:
+        notes.append("kept the model's " + ", ".join(f"{k} (file {list(state[k].shape)}, model "
+                                                       f"{list(expected[k].shape)})" for k in kept))
+        state.update({k: expected[k] for k in kept})
+    for note in notes:
+        get_logger().info(f"{path}: {note}")
+    return notes, kept
 
 
 def set_state_strict(model: nn.Layer, state: Mapping[str, Any], path: str) -> None:
@@ -40,38 +69,69 @@ def set_state_strict(model: nn.Layer, state: Mapping[str, Any], path: str) -> No
     model.set_state_dict({k: _to_dtype(v, expected[k].dtype) for k, v in state.items()})
 
 
-def select_state_dict(checkpoint: Any, path: str) -> tuple[dict[str, np.ndarray], str]:
-    """The state dict inside an official checkpoint: plain, or under one of ``CHECKPOINT_KEYS``."""
+def select_state_dict(checkpoint: Any, path: str, use_ema: bool = False) -> tuple[dict[str, np.ndarray], str]:
+    """The state dict inside an official checkpoint: plain, or under the first of ``CHECKPOINT_KEYS``
+    present (``state_dict_ema`` only, with ``use_ema``). A DataParallel ``module.`` prefix is removed."""
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{path}: expected a state dict, got {type(checkpoint).__name__}")
-    if all(isinstance(v, np.ndarray) for v in checkpoint.values()):
-        return dict(checkpoint), "plain torch state dict"
-    for key in CHECKPOINT_KEYS:
+    keys = (EMA_KEY,) if use_ema else CHECKPOINT_KEYS
+    if not use_ema and all(isinstance(v, np.ndarray) for v in checkpoint.values()):
+        return _strip_module_prefix(checkpoint), "plain torch state dict"
+    for key in keys:
         if isinstance(checkpoint.get(key), Mapping):
-            return dict(checkpoint[key]), f"torch checkpoint['{key}']"
-    raise ValueError(f"{path}: no state dict found; top-level keys: {', '.join(map(str, checkpoint))} "
-                     f"(expected tensors or one of {', '.join(CHECKPOINT_KEYS)})")
+            return _strip_module_prefix(checkpoint[key]), f"torch checkpoint['{key}']"
+    raise ValueError(f"{path}: no state dict found; top-level keys: {_first(list(map(str, checkpoint)))} "
+                     f"(expected {'' if use_ema else 'tensors or '}one of {', '.join(keys)})")
 
 
-def convert_official(state: Mapping[str, np.ndarray], model: nn.Layer) -> dict[str, np.ndarray]:
-    """Official (PyTorch) names and layouts -> ours.
-
-    ``head``/``aux_head`` go to the Classifier's head, the rest to its backbone; Linear weights are
-    transposed; BatchNorm running stats are renamed; ``num_batches_tracked`` is dropped.
-    A DataParallel ``module.`` prefix is removed.
-    """
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    linear_weights = {f"{name}.weight" for name, layer in model.named_sublayers() if isinstance(layer, nn.Linear)}
-    converted = {}
-    for key, value in state.items():
+def official_key_map(keys: Iterable[str]) -> dict[str, str]:
+    """Official (PyTorch) name -> ours for every key that has a counterpart (``num_batches_tracked``
+    has none). ``head``/``aux_head`` go to the Classifier's head, the rest to its backbone;
+    BatchNorm running stats are renamed."""
+    mapping = {}
+    for key in keys:
         if key.endswith(".num_batches_tracked"):
             continue
         top, _, rest = key.partition(".")
         owner, _, leaf = (f"{HEAD_NAMES[top]}.{rest}" if top in HEAD_NAMES else f"backbone.{key}").rpartition(".")
-        name = f"{owner}.{BN_BUFFERS.get(leaf, leaf)}"
-        converted[name] = value.T if name in linear_weights else value
-    return converted
+        mapping[key] = f"{owner}.{BN_BUFFERS.get(leaf, leaf)}"
+    return mapping
+
+
+def linear_weight_names(model: nn.Layer) -> set[str]:
+    """Names of the model's Linear weights: stored ``[out, in]`` by PyTorch, ``[in, out]`` by Paddle."""
+    return {f"{name}.weight" for name, layer in model.named_sublayers() if isinstance(layer, nn.Linear)}
+
+
+def convert_official(state: Mapping[str, np.ndarray], model: nn.Layer) -> dict[str, np.ndarray]:
+    """Official names and layouts -> ours (``official_key_map``; Linear weights transposed)."""
+    linear_weights = linear_weight_names(model)
+    return {ours: state[key].T if ours in linear_weights else state[key]
+            for key, ours in official_key_map(state).items()}
+
+
+def _strip_module_prefix(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _fit_pos_embed(model: nn.Layer, state: dict[str, Any], expected: Mapping[str, Any], path: str) -> list[str]:
+    """Resize the file's position embedding when only its token count differs from the model's."""
+    if POS_EMBED not in state or POS_EMBED not in expected:
+        return []
+    old, new = list(state[POS_EMBED].shape), list(expected[POS_EMBED].shape)
+    if old == new or len(old) != 3 or old[0] != 1 or old[2] != new[2]:
+        return []  # equal, or a difference the strict check reports
+    grid = tuple(model.grid_size)
+    old_grid = patch_grid(old[1] - 1, grid)
+    if old_grid is None:
+        raise ValueError(f"cannot load {path} into {type(model).__name__}; {POS_EMBED} (file {old}, model {new}) "
+                         f"cannot be resized: its {old[1] - 1} patch positions after the cls token form "
+                         f"neither a square grid nor one of the model's {grid[0]}x{grid[1]} aspect ratio")
+    value = state[POS_EMBED]
+    state[POS_EMBED] = resize_pos_embed(value.numpy() if isinstance(value, paddle.Tensor) else value, old_grid, grid)
+    return [f"resized {POS_EMBED} from {old_grid[0]}x{old_grid[1]} to {grid[0]}x{grid[1]}"]
 
 
 def _to_dtype(value: Any, dtype: paddle.dtype) -> paddle.Tensor:

@@ -1,0 +1,34 @@
+"""Position embeddings for another token grid (fine-tuning at another image size).
+
+As the official fine-tuning does: the cls position is kept, the patch positions are reshaped to
+their grid and resized bicubically (``align_corners=False``, cubic coefficient a = -0.75).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+
+def patch_grid(num_patches: int, like: tuple[int, int]) -> tuple[int, int] | None:
+    """The (rows, cols) grid that ``num_patches`` positions came from: square if they can be,
+    otherwise with the aspect ratio of the grid ``like``; None if neither fits."""
+    side = math.isqrt(num_patches)
+    if num_patches > 0 and side * side == num_patches:
+        return side, side
+    rows = round(math.sqrt(num_patches * like[0] / like[1]))
+    if rows > 0 and num_patches % rows == 0 and rows * like[1] == (num_patches // rows) * like[0]:
+        return rows, num_patches // rows
+    return None
+
+
+def resize_pos_embed(pos_embed: np.ndarray, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> np.ndarray:
+    """``[1, 1 + h*w, D]`` → ``[1, 1 + H*W, D]`` in float32: the cls position unchanged, the row-major
+    patch positions resized from ``old_grid`` (h, w) to ``new_grid`` (H, W) bicubically."""
+    pos_embed = pos_embed.astype(np.float32)
+    cls_pos, patches = pos_embed[:, :1], pos_embed[:, 1:]
+    grid = paddle.to_tensor(patches.reshape(1, *old_grid, -1).transpose(0, 3, 1, 2))
+    resized = F.interpolate(grid, size=list(new_grid), mode="bicubic", align_corners=False).numpy()
+    return np.concatenate([cls_pos, resized.transpose(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1)], axis=1)
