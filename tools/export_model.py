@@ -1,0 +1,58 @@
+"""Export a trained model to a Paddle inference model for deployment.
+
+    python tools/export_model.py -c configs/lvvit/lvvit_small.yaml --load W.pdparams --out output/lvvit_small_infer
+    python tools/export_model.py -c CONFIG --load official.pth.tar [-o key=value ...] [--class-names FILE] --out DIR
+
+Writes DIR/inference.json (program; inference.pdmodel without PIR), DIR/inference.pdiparams and
+DIR/inference_meta.json (input shape, the config's data.val.transforms, class names). The model
+takes [N, 3, H, W] float32 images preprocessed by those transforms and returns eval logits.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import paddle  # noqa: E402
+
+from passl_tl.deploy import DygraphPredictor, export_model, resolve_class_names  # noqa: E402
+from passl_tl.utils.config import ConfigError  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", required=True, help="YAML config of the model and its data.val.transforms")
+    parser.add_argument("-o", "--override", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config values, e.g. -o model.num_classes=10")
+    parser.add_argument("--load", required=True, help="weights: .pdparams or an official .pth/.pth.tar/.pt")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--class-names", help="class names to store: lines '<id or wnid> <name>' or '<name>' "
+                                              "(default: ImageNet-1k names for 1000 classes, else none)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    """Export and print the written files; returns their paths."""
+    args = parse_args(argv)
+    paddle.set_device("cpu")
+    dygraph = DygraphPredictor(args.config, args.load, args.override)
+    names = resolve_class_names(dygraph.num_classes, args.class_names)
+    written = export_model(dygraph.model, args.out, dygraph.preprocess, names,
+                           source={"config": args.config, "weights": args.load})
+    height, width = dygraph.preprocess.output_size()
+    origin = args.class_names or ("ImageNet-1k" if names else "none stored, predictions show ids")
+    print(f"exported {args.config} with weights {args.load}: input [N, 3, {height}, {width}] float32, "
+          f"{dygraph.num_classes} classes (class names: {origin})")
+    for path in written:
+        print(f"wrote {path}")
+    return written
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
