@@ -72,6 +72,8 @@ def setup(tmp_path_factory):
     cv2.imwrite(str(images / "wide.png"), cv2.cvtColor(cv2.resize(first, (90, 70)), cv2.COLOR_RGB2BGR))
     (images / "broken.jpg").write_bytes(b"not an image")
     (images / "notes.txt").write_text("ignored: not an image extension")
+    (images / ".ipynb_checkpoints").mkdir()
+    shutil.copy(images / "wide.png", images / ".ipynb_checkpoints" / "wide.png")  # hidden: skipped
 
     out = str(base / "exported")
     written = export_model.main(["-c", config, "--load", weights, "--out", out,

@@ -51,13 +51,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def find_images(path: str) -> list[str]:
-    """``[path]`` for a file; for a directory every image under it (``IMG_EXTENSIONS``), sorted."""
+    """``[path]`` for a file; for a directory every image under it (``IMG_EXTENSIONS``, hidden
+    directories such as ``.ipynb_checkpoints`` skipped), sorted."""
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path} does not exist")
-    images = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-                    if name.lower().endswith(IMG_EXTENSIONS))
+    images = []
+    for root, dirs, names in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        images += [os.path.join(root, name) for name in names if name.lower().endswith(IMG_EXTENSIONS)]
+    images.sort()
     if not images:
         raise FileNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS)}) under {path}")
     return images
