@@ -66,8 +66,8 @@ def test_half_precision_weights_are_cast_to_the_model_dtype(tmp_path):
     ("drop", "missing keys: backbone.norm.weight"),
     ("reshape", r"shape mismatch: backbone.norm.weight \(file \[47\], model \[48\]\)"),
     ("pos_embed_width", r"shape mismatch: backbone.pos_embed \(file \[1, 197, 47\], model \[1, 197, 48\]\)"),
-    ("pos_embed_grid", r"backbone.pos_embed \(file \[1, 196, 48\], model \[1, 197, 48\]\) cannot be resized: "
-                       r"its 195 patch positions"),
+    ("pos_embed_grid", (r"backbone.pos_embed \(file \[1, 196, 48\], model \[1, 197, 48\]\) cannot be resized: "
+                        r"its 195 patch positions")),
 ])
 def test_load_weights_is_strict(tmp_path, change, message):
     state = {k: v.numpy() for k, v in _small_model().state_dict().items()}

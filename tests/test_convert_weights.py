@@ -1,0 +1,229 @@
+"""tools/convert_weights.py: official LV-ViT checkpoints (any layout) -> .pdparams, without PyTorch."""
+import os
+import struct
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import paddle
+import pytest
+from conftest import REPO_ROOT, fixture_path, load_npz
+
+from passl_tl.models import create_model, load_weights
+from passl_tl.utils.registry import ConfigError
+from passl_tl.utils.torch_checkpoint import load_torch_file
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+import convert_weights  # noqa: E402  (tools/convert_weights.py)
+
+TOOL = os.path.join(REPO_ROOT, "tools", "convert_weights.py")
+STORAGES = {np.dtype("float32"): "FloatStorage", np.dtype("float16"): "HalfStorage", np.dtype("int64"): "LongStorage"}
+
+
+def write_torch_zip(path, obj):
+    """What ``torch.save(obj, path)`` writes (zip format, pickle protocol 2) for nested dicts of
+    str -> NumPy array / int; each array becomes a tensor with its own storage."""
+    storages = []
+
+    def text(value):
+        data = value.encode()
+        return b"X" + struct.pack("<I", len(data)) + data
+
+    def tup(items):
+        return b"(" + b"".join(items) + b"t"
+
+    def put(value):
+        if isinstance(value, dict):
+            return b"}(" + b"".join(text(k) + put(v) for k, v in value.items()) + b"u"
+        if isinstance(value, (int, np.integer)):
+            return b"J" + struct.pack("<i", int(value))
+        array = np.ascontiguousarray(value)
+        storages.append(array)
+        storage = b"ctorch\n" + STORAGES[array.dtype].encode() + b"\n"
+        pid = tup([text("storage"), storage, text(str(len(storages) - 1)), text("cpu"), put(array.size)]) + b"Q"
+        strides = [int(np.prod(array.shape[i + 1:])) for i in range(array.ndim)]
+        hooks = b"ccollections\nOrderedDict\n)R"
+        return (b"ctorch._utils\n_rebuild_tensor_v2\n"
+                + tup([pid, put(0), tup(map(put, array.shape)), tup(map(put, strides)), b"\x89", hooks]) + b"R")
+
+    pickled = b"\x80\x02" + put(obj) + b"."
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("archive/data.pkl", pickled)
+        archive.writestr("archive/byteorder", "little")
+        for i, array in enumerate(storages):
+            archive.writestr(f"archive/data/{i}", array.tobytes())
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def official():
+    """The fixture's official state dict (``sd/``, torch names and layouts) and its reference outputs."""
+    ref = load_npz("lvvit_t_d2.npz")
+    return {k[len("sd/"):]: v for k, v in ref.items() if k.startswith("sd/")}, ref
+
+
+def convert(tmp_path, src, *args, name="out.pdparams"):
+    dst = str(tmp_path / name)
+    assert convert_weights.main(["--src", src, "--dst", dst, *args]) == dst
+    return dst
+
+
+def weights(path):
+    return {k: v.numpy() for k, v in paddle.load(path).items()}
+
+
+def test_writer_gives_what_the_reader_reads(tmp_path, official):
+    state, _ = official
+    checkpoint = {"state_dict": state, "epoch": 3, "half": state["norm.weight"].astype("float16")}
+    read = load_torch_file(write_torch_zip(tmp_path / "w.pth", checkpoint))
+    assert read["epoch"] == 3 and read["half"].dtype == np.float16 and list(read["state_dict"]) == list(state)
+    for key, value in state.items():
+        assert read["state_dict"][key].dtype == value.dtype, key
+        np.testing.assert_array_equal(read["state_dict"][key], value, err_msg=key)
+
+
+def test_converted_fixture_gives_the_official_logits(tmp_path, capsys, official):
+    _, ref = official
+    dst = convert(tmp_path, fixture_path("lvvit_t_d2.pth"), "--model", "lvvit_tiny", "-o", "depth=2", "num_classes=10")
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == [f"{fixture_path('lvvit_t_d2.pth')}: plain torch state dict, 50 tensors",
+                       "model: lvvit_tiny(depth=2, img_size=224, num_classes=10, patch_size=16)"]
+    lines = [" ".join(line.split()) for line in out]
+    for line in ("patch_embed.bn1.running_var -> backbone.patch_embed.bn1._variance",
+                 "blocks.1.attn.qkv.weight -> backbone.blocks.1.attn.qkv.weight (transposed)",
+                 "head.weight -> head.cls_head.weight (transposed)", "aux_head.bias -> head.aux_head.bias",
+                 "patch_embed.bn3.num_batches_tracked dropped (no Paddle counterpart)"):
+        assert line in lines
+    assert out[-2:] == ["mapped 47 tensors (10 transposed), dropped 3", f"wrote {dst}"]
+    assert os.listdir(tmp_path) == ["out.pdparams"]  # no temporary file left behind
+
+    model = create_model("lvvit_tiny", depth=2, num_classes=10)
+    assert load_weights(model, dst) == "loaded 47 tensors from out.pdparams (paddle state dict)"
+    model.eval()
+    np.testing.assert_allclose(model(paddle.to_tensor(ref["x"])).numpy(), ref["eval/out"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout, suffix, found", [
+    ("plain", ".pth", "plain torch state dict"),
+    ("model", ".pth", "torch checkpoint['model']"),
+    ("state_dict", ".pth.tar", "torch checkpoint['state_dict']"),
+    ("state_dict_ema", ".pt", "torch checkpoint['state_dict_ema']"),
+    ("module.", ".pth.tar", "plain torch state dict"),
+])
+def test_every_checkpoint_layout(tmp_path, capsys, official, layout, suffix, found):
+    state, _ = official
+    if layout == "plain":
+        checkpoint = state
+    elif layout == "module.":  # saved from DataParallel
+        checkpoint = {f"module.{k}": v for k, v in state.items()}
+    else:
+        checkpoint = {layout: state, "epoch": 7, "version": 2}
+    src = write_torch_zip(tmp_path / f"ckpt{suffix}", checkpoint)
+    dst = convert(tmp_path, src, "-o", "depth=2")  # preset inferred: lvvit_tiny
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        f"{src}: {found}, 50 tensors", "model: lvvit_tiny(depth=2, img_size=224, num_classes=10, patch_size=16)"]
+    expected = weights(convert(tmp_path, fixture_path("lvvit_t_d2.pth"), "-o", "depth=2", name="ref.pdparams"))
+    converted = weights(dst)
+    assert list(converted) == list(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(converted[key], value, err_msg=key)
+
+
+def test_use_ema_chooses_the_ema_weights(tmp_path, official):
+    state, _ = official
+    ema = {**state, "norm.weight": state["norm.weight"] + 1}
+    src = write_torch_zip(tmp_path / "last.pth.tar", {"state_dict": state, "state_dict_ema": ema, "epoch": 299})
+    norm = {flag: weights(convert(tmp_path, src, "-o", "depth=2", *flag, name=f"{len(flag)}.pdparams"))
+            ["backbone.norm.weight"] for flag in ((), ("--use-ema",))}
+    np.testing.assert_array_equal(norm[()], state["norm.weight"])
+    np.testing.assert_array_equal(norm[("--use-ema",)], ema["norm.weight"])
+    with pytest.raises(ValueError, match=r"no state dict found; top-level keys: cls_token, pos_embed, .* "
+                                         r"\(expected one of state_dict_ema\)"):
+        convert(tmp_path, fixture_path("lvvit_t_d2.pth"), "-o", "depth=2", "--use-ema")
+
+
+def full_depth(state, depth):
+    """The fixture's official state dict with its two blocks repeated to ``depth`` blocks."""
+    out = {k: v for k, v in state.items() if not k.startswith("blocks.")}
+    for i in range(depth):
+        source = f"blocks.{i % 2}."
+        out.update({f"blocks.{i}.{k[len(source):]}": v for k, v in state.items() if k.startswith(source)})
+    return out
+
+
+def test_preset_inferred_from_shapes(tmp_path, capsys, official):
+    state, _ = official
+    settings = convert_weights.checkpoint_settings(state)
+    assert settings == {"patch_size": 16, "img_size": 224, "num_classes": 10}
+    assert convert_weights.matching_presets(full_depth(state, 12), settings) == ["lvvit_tiny"]
+    assert convert_weights.matching_presets(full_depth(state, 16), settings) == []  # lvvit_small is 384 wide
+    assert convert_weights.matching_presets(state, settings) == []
+    assert convert_weights.matching_presets(state, {**settings, "depth": 2}) == ["lvvit_tiny"]
+
+    # LV-ViT-T as released (12 blocks), fine-tuned at 384: img_size comes from pos_embed.
+    at_384 = create_model("lvvit_tiny", depth=2, num_classes=10, img_size=384)
+    load_weights(at_384, fixture_path("lvvit_t_d2.pth"))
+    src = write_torch_zip(tmp_path / "lvvit_t_384.pth",
+                          {**full_depth(state, 12), "pos_embed": at_384.backbone.pos_embed.numpy()})
+    dst = convert(tmp_path, src)
+    assert capsys.readouterr().out.splitlines()[1] == "model: lvvit_tiny(img_size=384, num_classes=10, patch_size=16)"
+    converted = weights(dst)
+    assert len(converted) == len(create_model("lvvit_tiny", num_classes=10).state_dict())
+    np.testing.assert_array_equal(converted["backbone.pos_embed"], at_384.backbone.pos_embed.numpy())
+
+    with pytest.raises(ConfigError, match=r"\(embed_dim 240, depth 2, stem_channels 64, pos_embed tokens 197, "
+                                          r"num_classes 10\) matches no LV-ViT preset; choose one with --model"):
+        convert(tmp_path, fixture_path("lvvit_t_d2.pth"))
+
+
+def test_other_image_size_resizes_pos_embed(tmp_path, capsys):
+    dst = convert(tmp_path, fixture_path("lvvit_t_d2.pth"), "-o", "depth=2", "img_size=384")
+    out = capsys.readouterr().out.splitlines()
+    assert "model: lvvit_tiny(depth=2, img_size=384, num_classes=10, patch_size=16)" in out
+    assert "resized backbone.pos_embed from 14x14 to 24x24" in out
+    expected = create_model("lvvit_tiny", depth=2, num_classes=10, img_size=384)
+    load_weights(expected, fixture_path("lvvit_t_d2.pth"))
+    np.testing.assert_array_equal(weights(dst)["backbone.pos_embed"], expected.backbone.pos_embed.numpy())
+
+
+@pytest.mark.parametrize("change, message", [
+    ("drop", r"missing keys: backbone\.norm\.weight"),
+    ("extra", r"unexpected keys: backbone\.blocks\.0\.attn\.q_bias"),
+    ("reshape", r"shape mismatch: head\.cls_head\.bias \(file \[9\], model \[10\]\)"),
+])
+def test_missing_unexpected_or_misshapen_keys_are_errors(tmp_path, official, change, message):
+    state, _ = official
+    state = dict(state)
+    if change == "drop":
+        del state["norm.weight"]
+    elif change == "extra":
+        state["blocks.0.attn.q_bias"] = np.zeros(240, "float32")
+    else:
+        state["head.bias"] = state["head.bias"][:9]
+    src = write_torch_zip(tmp_path / "bad.pth", state)
+    with pytest.raises(ValueError, match=message) as err:
+        convert(tmp_path, src, "--model", "lvvit_tiny", "-o", "depth=2", "num_classes=10")
+    assert src in str(err.value)
+    assert not os.path.exists(tmp_path / "out.pdparams")
+
+
+def test_command_line_errors_exit_without_traceback(tmp_path, official):
+    state, _ = official
+    src = write_torch_zip(tmp_path / "bad.pth", {k: v for k, v in state.items() if k != "aux_head.bias"})
+    dst = str(tmp_path / "out.pdparams")
+    run = subprocess.run([sys.executable, TOOL, "--src", src, "--dst", dst, "--model", "lvvit_tiny", "-o", "depth=2"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.splitlines()[-1].startswith(f"error: cannot load {src} into Classifier; "
+                                                  "missing keys: head.aux_head.bias")
+    assert not os.path.exists(dst)
+
+
+def test_argument_errors(tmp_path):
+    with pytest.raises(ConfigError, match="the output must be a .pdparams file"):
+        convert(tmp_path, fixture_path("lvvit_t_d2.pth"), name="out.pth")
+    with pytest.raises(ConfigError, match="override 'depth.x=2': model arguments have no sub-keys"):
+        convert(tmp_path, fixture_path("lvvit_t_d2.pth"), "-o", "depth.x=2")
+    with pytest.raises(ConfigError, match="unknown key 'depht' for model 'lvvit_tiny'"):
+        convert(tmp_path, fixture_path("lvvit_t_d2.pth"), "--model", "lvvit_tiny", "-o", "depht=2")
