@@ -29,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-o", "--override", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override config values, e.g. -o optimizer.lr=1e-3 data.batch_size=64")
     parser.add_argument("--load", help="weights to start from: .pdparams or an official .pth/.pth.tar/.pt")
+    parser.add_argument("--reset-head", action="store_true",
+                        help="with --load: keep the model's own head where the file's has another shape "
+                             "(fine-tuning on a dataset with other classes)")
     parser.add_argument("--resume", help="training checkpoint (.pdckpt) to continue from")
     parser.add_argument("--evaluate-only", action="store_true", help="only evaluate on the validation set")
     parser.add_argument("--seed", type=int, help="overrides the config's seed")
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     seed_everything(cfg["seed"])
     model = build_model(cfg)
     if args.load:
-        report = load_weights(model, args.load)
+        report = load_weights(model, args.load, skip_mismatched_head=args.reset_head)
         logger.info(f"loaded weights from {args.load}: {report}")
     if args.evaluate_only:
         return evaluate_only(cfg, model)
