@@ -137,6 +137,21 @@ def test_mixup_cutmix_and_accumulation_train(full_run, tmp_path):
     assert steps and all(np.isclose(float(v.numpy().ravel()[0]), 0.9 ** 4) for v in steps)
 
 
+def test_finetune_at_higher_resolution_on_other_classes(full_run, tmp_path):
+    """--load a 10-class 64 x 64 model into a 5-class 96 x 96 one: pos_embed resized, heads reset."""
+    data_root, out, _ = full_run
+    ft_out, ft_data = str(tmp_path / "ft"), str(tmp_path / "demo5")
+    metrics = train.main([
+        "-c", DEMO_CONFIG, "-o", *small_run_overrides(ft_data, ft_out, epochs=1),
+        *[f"data.{split}.num_classes=5" for split in ("train", "val")], "model.num_classes=5",
+        "data.target.num_classes=5", "model.img_size=96", "data.target.label_size=12",
+        "data.train.transforms.1.size=96", "data.val.transforms.0.size=96",
+        "--load", os.path.join(out, "final.pdparams"), "--reset-head"])
+    log = open(os.path.join(ft_out, "log.txt")).read()
+    assert "resized backbone.pos_embed from 8x8 to 12x12" in log
+    assert "head.cls_head.weight" in log and metrics["model/count"] == 15
+
+
 def launch(args, log_dir, timeout=600):
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", log_dir,
            os.path.join(REPO_ROOT, "tools", "train.py"), *args]
