@@ -192,7 +192,7 @@ def record_args(t, monkeypatch):
 
 def test_official_geometry_applies_official_label_ops(ref, monkeypatch):
     for name in ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"):
-        t = RandAugmentWithLabel("rand-n1-m9-mstd0.5", ops=[name])
+        t = RandAugmentWithLabel("rand-n1-m9-mstd0.5", ops=[name], label_geometry="official")
         drawn = record_args(t, monkeypatch)
         img = Image.new("RGB", (90, 60))
         outs = [t({"img": img, "label": ref["label"]}, random.Random(seed))["label"] for seed in range(12)]
@@ -366,3 +366,9 @@ def test_runs_before_the_crop_in_the_official_order(ref):
     assert sample["img"].shape == (3, 32, 32) and sample["label"].shape == ref["label"].shape
     with pytest.raises(ValueError, match="before the random crop"):
         RandAugmentWithLabel()(sample | {"img": Image.new("RGB", (8, 8))}, random.Random(0))
+
+
+def test_exact_label_geometry_is_the_default():
+    """The official label ops miss the image geometry (rotation centre, shear origin, aspect):
+    we follow the image exactly by default and keep the official ops behind an option."""
+    assert RandAugmentWithLabel().label_geometry == "exact"

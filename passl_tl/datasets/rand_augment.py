@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from ..utils.registry import TRANSFORMS, ConfigError
-from .transforms import FULL_CROP, IMAGENET_MEAN, Sample, _as_pil, _filters
+from .transforms import FULL_CROP, IMAGENET_MEAN, Sample, as_pil, resample_filters
 
 MAX_LEVEL = 10.0
 OP_PROB = 0.5
@@ -338,7 +338,7 @@ class RandAugmentWithLabel:
 
     def __init__(self, config_str: str = "rand-m9-mstd0.5-inc1", img_size: int = 224,
                  mean: Sequence[float] = IMAGENET_MEAN, interpolation: str = "random",
-                 label_geometry: str = "official", ops: Sequence[str] | None = None):
+                 label_geometry: str = "exact", ops: Sequence[str] | None = None):
         if label_geometry not in LABEL_GEOMETRIES:
             raise ConfigError(f"label_geometry must be one of {LABEL_GEOMETRIES}, got {label_geometry!r}")
         self.config = parse_config(config_str)
@@ -352,7 +352,7 @@ class RandAugmentWithLabel:
                               f"{sum(w > 0 for w in self.weights)} have a non-zero weight")
         self.translate_const = int(img_size * TRANSLATE_PCT)
         self.fill = tuple(min(255, round(255 * x)) for x in mean)
-        self.filters = _filters(interpolation, allow_random=True)
+        self.filters = resample_filters(interpolation, allow_random=True)
         self.label_geometry = label_geometry
         no_official = [op for op in self.op_names if OPS[op].geometric and OPS[op].official_label is None]
         if label_geometry == "official" and no_official:
@@ -396,7 +396,7 @@ class RandAugmentWithLabel:
     def __call__(self, sample: Sample, rng: random.Random) -> Sample:
         if tuple(sample.get("crop", FULL_CROP)) != FULL_CROP:
             raise ValueError("RandAugmentWithLabel must run on the whole image, before the random crop")
-        img, label = _as_pil(sample["img"]), sample.get("label")
+        img, label = as_pil(sample["img"]), sample.get("label")
         chain = []  # "exact": label matrices of the geometric ops, resampled once at the end
         for name in self.choose_ops(rng):
             args = self.op_args(name, rng)

@@ -43,11 +43,11 @@ def compose_crops(outer: Sequence[float], inner: Sequence[float]) -> Crop:
     return (top + i * height, left + j * width, h * height, w * width)
 
 
-def _as_pil(img: np.ndarray | Image.Image) -> Image.Image:
+def as_pil(img: np.ndarray | Image.Image) -> Image.Image:
     return img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
 
 
-def _filters(interpolation: str, allow_random: bool) -> tuple[int, ...]:
+def resample_filters(interpolation: str, allow_random: bool) -> tuple[int, ...]:
     if interpolation == "random" and allow_random:
         return _RANDOM_FILTERS
     if interpolation not in _FILTERS:
@@ -97,7 +97,7 @@ class RandomResizedCropWithCoords:
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         self.scale = tuple(scale)
         self.ratio = tuple(ratio)
-        self.filters = _filters(interpolation, allow_random=True)
+        self.filters = resample_filters(interpolation, allow_random=True)
 
     def get_params(self, width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
         """(top i, left j, height h, width w) in pixels: up to 10 random tries, then a central crop."""
@@ -124,7 +124,7 @@ class RandomResizedCropWithCoords:
         return rng.choice(self.filters) if len(self.filters) > 1 else self.filters[0]
 
     def __call__(self, sample: Sample, rng: random.Random) -> Sample:
-        img = _as_pil(sample["img"])
+        img = as_pil(sample["img"])
         i, j, h, w = self.get_params(img.width, img.height, rng)
         resample = self.choose_filter(rng)
         out_h, out_w = self.size
@@ -141,10 +141,10 @@ class ResizeCropPct:
             raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
         self.size = size
         self.scale_size = int(math.floor(size / crop_pct))
-        self.filter = _filters(interpolation, allow_random=False)[0]
+        self.filter = resample_filters(interpolation, allow_random=False)[0]
 
     def __call__(self, sample: Sample, rng: random.Random) -> Sample:
-        img = _as_pil(sample["img"])
+        img = as_pil(sample["img"])
         width, height = img.size
         if width <= height:
             new_w, new_h = self.scale_size, int(self.scale_size * height / width)
