@@ -12,25 +12,21 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import pickle
-import sys
-import zipfile
 from typing import Any, Mapping
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import paddle
+import paddle.nn as nn
 
-import numpy as np  # noqa: E402
-import paddle  # noqa: E402
-import paddle.nn as nn  # noqa: E402
-
-from passl_tl.models import create_model  # noqa: E402
-from passl_tl.models.weights import (POS_EMBED, adapt_state, convert_official, linear_weight_names,  # noqa: E402
+from passl_tl.engine.checkpoint import save_atomic
+from passl_tl.models import create_model
+from passl_tl.models.weights import (POS_EMBED, adapt_state, convert_official, linear_weight_names,
                                      official_key_map, select_state_dict, set_state_strict)
-from passl_tl.utils.config import parse_override  # noqa: E402
-from passl_tl.utils.logger import get_logger  # noqa: E402
-from passl_tl.utils.registry import MODELS, ConfigError  # noqa: E402
-from passl_tl.utils.torch_checkpoint import load_torch_file  # noqa: E402
+from passl_tl.utils.cli import run_tool
+from passl_tl.utils.config import parse_override
+from passl_tl.utils.logger import get_logger
+from passl_tl.utils.registry import MODELS, ConfigError
+from passl_tl.utils.torch_checkpoint import load_torch_file
 
 PRESET_PREFIX = "lvvit_"
 
@@ -118,18 +114,6 @@ def choose_preset(state: Mapping[str, np.ndarray], overrides: Mapping[str, Any],
     return found[0]
 
 
-def save_atomically(state: Mapping[str, Any], dst: str) -> None:
-    """``paddle.save`` to a temporary file next to ``dst``, then rename it to ``dst``."""
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    tmp = f"{dst}.{os.getpid()}.tmp"
-    try:
-        paddle.save(state, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def mapping_lines(state: Mapping[str, np.ndarray], model: nn.Layer) -> list[str]:
     """One line per official key: our name (and whether it was transposed), or that it was dropped."""
     mapping, transposed = official_key_map(state), linear_weight_names(model)
@@ -150,7 +134,7 @@ def main(argv: list[str] | None = None) -> str:
     converted = convert_official(state, model)
     notes, _ = adapt_state(model, converted, args.src)
     set_state_strict(model, converted, args.src)
-    save_atomically(model.state_dict(), args.dst)
+    save_atomic(model.state_dict(), args.dst)
 
     arguments = ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
     print(f"{args.src}: {layout}, {len(state)} tensors")
@@ -166,8 +150,4 @@ def main(argv: list[str] | None = None) -> str:
 
 if __name__ == "__main__":
     get_logger().propagate = False  # main() prints its changes itself; keeps warnings (logging's last resort)
-    try:
-        main()
-    except (ValueError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_tool(main)

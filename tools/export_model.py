@@ -10,22 +10,16 @@ takes [N, 3, H, W] float32 images preprocessed by those transforms and returns e
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import paddle
 
-import paddle  # noqa: E402
-
-from passl_tl.deploy import DygraphPredictor, export_model, resolve_class_names  # noqa: E402
-from passl_tl.utils.config import ConfigError  # noqa: E402
+from passl_tl.deploy import DygraphPredictor, export_model, resolve_class_names
+from passl_tl.utils.cli import add_config_arguments, run_tool
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", required=True, help="YAML config of the model and its data.val.transforms")
-    parser.add_argument("-o", "--override", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override config values, e.g. -o model.num_classes=10")
+    add_config_arguments(parser, config_help="YAML config of the model and its data.val.transforms")
     parser.add_argument("--load", required=True, help="weights: .pdparams or an official .pth/.pth.tar/.pt")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--class-names", help="class names to store: lines '<id or wnid> <name>' or '<name>' "
@@ -51,8 +45,4 @@ def main(argv: list[str] | None = None) -> list[str]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_tool(main)

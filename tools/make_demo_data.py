@@ -5,12 +5,8 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from passl_tl.datasets.demo import make_demo_dataset  # noqa: E402
+from passl_tl.datasets.demo import make_demo_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -16,22 +16,18 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import paddle
 
-import numpy as np  # noqa: E402
-import paddle  # noqa: E402
-
-from passl_tl.datasets.image_folder import IMG_EXTENSIONS, read_rgb  # noqa: E402
-from passl_tl.deploy import DygraphPredictor, InferencePredictor, resolve_class_names, top_k  # noqa: E402
-from passl_tl.utils.config import ConfigError  # noqa: E402
+from passl_tl.datasets.image_folder import IMG_EXTENSIONS, read_rgb
+from passl_tl.deploy import DygraphPredictor, InferencePredictor, resolve_class_names, top_k
+from passl_tl.utils.cli import add_config_arguments, run_tool
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", help="an image file or a directory of images")
-    parser.add_argument("-c", "--config", help="YAML config (with --load): predict with the dygraph model")
-    parser.add_argument("-o", "--override", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override config values (with -c)")
+    add_config_arguments(parser, required=False, config_help="YAML config (with --load): predict with the dygraph model")
     parser.add_argument("--load", help="weights for -c: .pdparams or an official .pth/.pth.tar/.pt")
     parser.add_argument("--inference-model", metavar="DIR", help="directory written by tools/export_model.py")
     parser.add_argument("--topk", type=int, default=5, help="classes to print per image (default 5)")
@@ -108,8 +104,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_tool(main)

@@ -10,24 +10,21 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import paddle
 
-import paddle  # noqa: E402
-
-from passl_tl import build_model, load_weights  # noqa: E402
-from passl_tl.engine import DEFAULTS, Trainer, evaluate, seed_everything  # noqa: E402
-from passl_tl.engine.data import build_dataset, build_loader, check_data_matches_model  # noqa: E402
-from passl_tl.engine.trainer import amp_context_from  # noqa: E402
-from passl_tl.utils.config import ConfigError, dump_config, load_config  # noqa: E402
-from passl_tl.utils.dist import init_distributed, is_main  # noqa: E402
-from passl_tl.utils.logger import setup_logger  # noqa: E402
+from passl_tl import build_model, load_weights
+from passl_tl.engine import DEFAULTS, Trainer, evaluate, seed_everything
+from passl_tl.engine.data import build_dataset, build_loader, check_data_matches_model
+from passl_tl.engine.trainer import amp_context_from
+from passl_tl.utils.cli import add_config_arguments, run_tool
+from passl_tl.utils.config import ConfigError, dump_config, load_config
+from passl_tl.utils.dist import init_distributed, is_main
+from passl_tl.utils.logger import setup_logger
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", required=True, help="YAML config file")
-    parser.add_argument("-o", "--override", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override config values, e.g. -o optimizer.lr=1e-3 data.batch_size=64")
+    add_config_arguments(parser)
     parser.add_argument("--load", help="weights to start from: .pdparams or an official .pth/.pth.tar/.pt")
     parser.add_argument("--reset-head", action="store_true",
                         help="with --load: keep the model's own head where the file's has another shape "
@@ -80,8 +77,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_tool(main)
