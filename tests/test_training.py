@@ -110,6 +110,19 @@ data:
     assert f"top-1 {result['top1']:.3f}" in capsys.readouterr().out
 
 
+def test_evaluate_only_accepts_an_official_checkpoint(full_run, capsys):
+    """--evaluate-only --load takes an official PyTorch checkpoint directly (no conversion step)."""
+    from conftest import fixture_path
+    data_root, _, _ = full_run
+    official = fixture_path("lvvit_t_d2.pth")  # LV-ViT-T layout, depth 2, 10 classes, 224 x 224
+    result = train.main(["-c", DEMO_CONFIG, "-o", *small_run_overrides(data_root, "unused"),
+                         "model.img_size=224", "model.patch_size=16", "model.embed_dim=240", "model.depth=2",
+                         "model.num_heads=4", "data.target.label_size=14", "data.val.transforms.0.size=224",
+                         "--load", official, "--evaluate-only"])
+    assert result["count"] == 30 and 0.0 <= result["top1"] <= 100.0
+    assert "top-1" in capsys.readouterr().out
+
+
 def test_amp_switch_is_accepted(full_run, tmp_path):
     """AMP is a config switch; on CPU Paddle runs the autocast region in fp32 and says so."""
     data_root, _, _ = full_run
