@@ -10,7 +10,7 @@ import paddle
 import pytest
 from conftest import REPO_ROOT, fixture_path, load_npz
 
-from passl_tl.models import create_model, load_weights
+from passl_tl.models import create_model, load_weights, preset_inference
 from passl_tl.utils.registry import ConfigError
 from passl_tl.utils.torch_checkpoint import load_torch_file
 
@@ -154,12 +154,12 @@ def full_depth(state, depth):
 
 def test_preset_inferred_from_shapes(tmp_path, capsys, official):
     state, _ = official
-    settings = convert_weights.checkpoint_settings(state)
+    settings = preset_inference.checkpoint_settings(state)
     assert settings == {"patch_size": 16, "img_size": 224, "num_classes": 10}
-    assert convert_weights.matching_presets(full_depth(state, 12), settings) == ["lvvit_tiny"]
-    assert convert_weights.matching_presets(full_depth(state, 16), settings) == []  # lvvit_small is 384 wide
-    assert convert_weights.matching_presets(state, settings) == []
-    assert convert_weights.matching_presets(state, {**settings, "depth": 2}) == ["lvvit_tiny"]
+    assert preset_inference.matching_presets(full_depth(state, 12), settings) == ["lvvit_tiny"]
+    assert preset_inference.matching_presets(full_depth(state, 16), settings) == []  # lvvit_small is 384 wide
+    assert preset_inference.matching_presets(state, settings) == []
+    assert preset_inference.matching_presets(state, {**settings, "depth": 2}) == ["lvvit_tiny"]
 
     # LV-ViT-T as released (12 blocks), fine-tuned at 384: img_size comes from pos_embed.
     at_384 = create_model("lvvit_tiny", depth=2, num_classes=10, img_size=384)
