@@ -7,9 +7,10 @@ import pytest
 from conftest import load_npz
 from PIL import Image
 
+from passl_tl.datasets import label_geometry as geo
 from passl_tl.datasets import rand_augment as ra
-from passl_tl.datasets.rand_augment import (OPS, RAND_INCREASING_OPS, RAND_OPS, RandAugmentWithLabel, affine_label,
-                                            label_matrix, parse_config)
+from passl_tl.datasets.label_geometry import affine_label, label_matrix
+from passl_tl.datasets.rand_augment import OPS, RAND_INCREASING_OPS, RAND_OPS, RandAugmentWithLabel, parse_config
 from passl_tl.datasets.transforms import Normalize, RandomHorizontalFlipWithLabel, RandomResizedCropWithCoords
 from passl_tl.utils.registry import TRANSFORMS, ConfigError
 
@@ -74,7 +75,7 @@ def test_rotation_matrix_is_pil_rotate():
     for degrees in (0.0, 20.0, -13.5, 30.0, -0.7):
         for resample in (Image.BILINEAR, Image.BICUBIC):
             expected = img.rotate(degrees, resample=resample, fillcolor=(1, 2, 3))
-            out = img.transform(img.size, Image.AFFINE, ra.rotate_matrix(degrees, *img.size), resample=resample,
+            out = img.transform(img.size, Image.AFFINE, geo.rotate_matrix(degrees, *img.size), resample=resample,
                                 fillcolor=(1, 2, 3))
             np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
 
@@ -168,9 +169,9 @@ def test_official_rotation_is_about_a_point_half_a_cell_off_centre():
     h, w = label.shape[2:]
     cell = GRIDS[0][2]
     for degrees in (20.0, -13.5):
-        off_centre = ra.rotate_matrix(degrees, img.width + cell, img.height + cell)  # about centre + cell / 2
+        off_centre = geo.rotate_matrix(degrees, img.width + cell, img.height + cell)  # about centre + cell / 2
         shifted = affine_label(label, label_matrix(off_centre, img.size, (h, w)))
-        official = ra.rotate_label(label, degrees)
+        official = geo.rotate_label(label, degrees)
         assert (shifted != official).mean() < 0.01
         out_img, exact = exact_op("Rotate", degrees, img, label)
         assert label_agreement(out_img, exact, palette, cell, cell)[0] == 1.0

@@ -7,7 +7,7 @@ from conftest import load_npz
 from PIL import Image
 
 from passl_tl.datasets.token_label import make_token_targets, pack_label_sample
-from passl_tl.datasets.transforms import (IMAGENET_MEAN, IMAGENET_STD, Normalize, RandomHorizontalFlipWithLabel,
+from passl_tl.datasets.transforms import (IMAGENET_MEAN, draw_filter, IMAGENET_STD, Normalize, RandomHorizontalFlipWithLabel,
                                           RandomResizedCropWithCoords, ResizeCropPct)
 from passl_tl.utils.registry import TRANSFORMS
 
@@ -36,7 +36,7 @@ def test_rrc_params_match_official(ref):
         seed = int(ref[f"rrc/{n}/python_random_seed"])
         rng = random.Random(seed)
         assert t.get_params(width, height, rng) == tuple(ref[f"rrc/{n}/ijhw"])
-        assert t.choose_filter(rng) == int(ref[f"rrc/{n}/interpolation_pil"])
+        assert draw_filter(t.filters, rng) == int(ref[f"rrc/{n}/interpolation_pil"])
         # The official code seeds the module-level generator; it draws the same numbers.
         random.seed(seed)
         assert t.get_params(width, height, random) == tuple(ref[f"rrc/{n}/ijhw"])

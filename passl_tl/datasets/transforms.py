@@ -47,6 +47,11 @@ def as_pil(img: np.ndarray | Image.Image) -> Image.Image:
     return img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
 
 
+def draw_filter(filters: tuple[int, ...], rng: random.Random) -> int:
+    """One PIL resampling filter; a random draw only when there is a choice (``interpolation="random"``)."""
+    return rng.choice(filters) if len(filters) > 1 else filters[0]
+
+
 def resample_filters(interpolation: str, allow_random: bool) -> tuple[int, ...]:
     if interpolation == "random" and allow_random:
         return _RANDOM_FILTERS
@@ -119,14 +124,10 @@ class RandomResizedCropWithCoords:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, h, w
 
-    def choose_filter(self, rng: random.Random) -> int:
-        """PIL resampling filter; a random draw only for ``interpolation="random"``."""
-        return rng.choice(self.filters) if len(self.filters) > 1 else self.filters[0]
-
     def __call__(self, sample: Sample, rng: random.Random) -> Sample:
         img = as_pil(sample["img"])
         i, j, h, w = self.get_params(img.width, img.height, rng)
-        resample = self.choose_filter(rng)
+        resample = draw_filter(self.filters, rng)
         out_h, out_w = self.size
         resized = img.crop((j, i, j + w, i + h)).resize((out_w, out_h), resample)
         return _record_crop(sample, resized, (i / img.height, j / img.width, h / img.height, w / img.width))
