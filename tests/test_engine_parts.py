@@ -156,28 +156,57 @@ def test_optimizer_hook_with_and_without_grad_scaler():
     np.testing.assert_array_equal(results[0], results[1])
 
 
-def test_gradient_accumulation_equals_the_large_batch_step():
-    """Two accumulated half batches give the update of the whole batch, and step only once."""
+def test_gradient_accumulation_averages_each_group_including_a_short_last_one():
+    """accumulate_steps=2 over an epoch of 3 iterations: the groups are {0, 1} and {2}; each step
+    equals an SGD step on the mean loss of its group's samples (SGD: the step scales with the gradient)."""
     from types import SimpleNamespace
 
     from passl_tl.engine.hooks.optimizer import OptimizerHook
-    x = paddle.to_tensor(np.random.RandomState(0).standard_normal((4, 3)).astype("float32"))
+    parts = [paddle.to_tensor(np.random.RandomState(i).standard_normal((2, 3)).astype("float32")) for i in range(3)]
 
     def fresh():
         paddle.seed(0)
         net = paddle.nn.Linear(3, 2)
-        return net, paddle.optimizer.AdamW(0.1, parameters=net.parameters())
+        return net, paddle.optimizer.SGD(0.1, parameters=net.parameters())
 
     net, opt = fresh()
-    big = SimpleNamespace(optimizer=opt, scaler=None, loss=(net(x) ** 2).mean(), iter=0, iters_per_epoch=1)
-    OptimizerHook().after_train_iter(big)
-
+    for group in ([0, 1], [2]):  # reference: one step per group on the concatenated samples
+        x = paddle.concat([parts[i] for i in group])
+        OptimizerHook().after_train_iter(SimpleNamespace(optimizer=opt, scaler=None, loss=(net(x) ** 2).mean(),
+                                                         iter=0, iters_per_epoch=1))
     net2, opt2 = fresh()
-    hook = OptimizerHook(accumulate_steps=2)
-    stepped = []
-    for i, part in enumerate((x[:2], x[2:])):
-        t = SimpleNamespace(optimizer=opt2, scaler=None, loss=(net2(part) ** 2).mean(), iter=i, iters_per_epoch=10)
+    hook, stepped = OptimizerHook(accumulate_steps=2), []
+    for i, x in enumerate(parts):
+        t = SimpleNamespace(optimizer=opt2, scaler=None, loss=(net2(x) ** 2).mean(), iter=i, iters_per_epoch=3)
         hook.after_train_iter(t)
         stepped.append(t.optimizer_stepped)
-    assert stepped == [False, True]
+    assert stepped == [False, True, True]
     np.testing.assert_allclose(net2.weight.numpy(), net.weight.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(net2.bias.numpy(), net.bias.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_ema_moves_once_per_optimizer_step():
+    from types import SimpleNamespace
+
+    from passl_tl.engine.hooks.ema import EMAHook
+    net = paddle.nn.Linear(2, 2)
+    hook = EMAHook(decay=0.5)
+    trainer = SimpleNamespace(model_without_ddp=net, optimizer_stepped=False, ema=None)
+    hook.before_run(trainer)
+    before = hook.ema.module.weight.numpy().copy()
+    net.weight.set_value(net.weight + 1.0)
+    hook.after_train_iter(trainer)  # no optimizer step: no EMA step
+    np.testing.assert_array_equal(hook.ema.module.weight.numpy(), before)
+    trainer.optimizer_stepped = True
+    hook.after_train_iter(trainer)
+    np.testing.assert_allclose(hook.ema.module.weight.numpy(), before + 0.5, rtol=1e-6)
+
+
+def test_checkpoints_only_at_accumulation_boundaries():
+    from types import SimpleNamespace
+
+    from passl_tl.engine.hooks.checkpoint import CheckpointHook
+    from passl_tl.utils.registry import ConfigError
+    with pytest.raises(ConfigError, match="interval_iters=3 must be a multiple of .*accumulate_steps=2"):
+        CheckpointHook(interval_iters=3).before_run(SimpleNamespace(accumulate_steps=2))
+    CheckpointHook(interval_iters=4).before_run(SimpleNamespace(accumulate_steps=2))

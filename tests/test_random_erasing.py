@@ -113,3 +113,11 @@ def test_needs_the_normalized_image():
         RandomErasing(mode="noise")
     with pytest.raises(ConfigError, match="min_count"):
         RandomErasing(min_count=2, max_count=1)
+
+
+@pytest.mark.parametrize("kwargs", [{"prob": 25}, {"min_aspect": 0}, {"min_area": 0.5, "max_area": 0.1},
+                                    {"min_count": 2}])
+def test_bad_arguments_are_config_errors(kwargs):
+    from passl_tl.utils.registry import ConfigError
+    with pytest.raises(ConfigError, match="RandomErasing"):
+        RandomErasing(**kwargs)

@@ -93,6 +93,7 @@ def test_official_checkpoint_into_wrong_architecture():
     with pytest.raises(ValueError, match=r"unexpected keys: backbone\.blocks\.1\.norm1\.weight"):
         load_weights(create_model("lvvit_tiny", depth=1, num_classes=10), path)
     with pytest.raises(ValueError, match=r"shape mismatch: backbone\.patch_embed\.conv1\.weight "
+                                         r"\[file: patch_embed\.conv1\.weight\] "
                                          r"\(file \[64, 3, 7, 7\], model \[128, 3, 7, 7\]\)"):
         load_weights(create_model("lvvit_tiny", depth=2, num_classes=10, stem_channels=128), path)
 
@@ -261,3 +262,20 @@ def test_skipping_the_head_keeps_everything_else_strict():
     with pytest.raises(ValueError, match=r"shape mismatch: backbone\.patch_embed\.conv1\.weight"):
         load_weights(create_model("lvvit_tiny", depth=2, num_classes=100, stem_channels=32), path,
                      skip_mismatched_head=True)
+
+
+def test_errors_name_the_official_key_too(tmp_path):
+    """A mismatch in an official checkpoint is reported with our key and the file's own key."""
+    from conftest import fixture_path
+    model = create_model("lvvit_tiny", depth=2, num_classes=7)  # the fixture has 10 classes
+    with pytest.raises(ValueError, match=r"head\.aux_head\.bias \[file: aux_head\.bias\]"):
+        load_weights(model, fixture_path("lvvit_t_d2.pth"))
+
+
+def test_use_ema_is_for_official_checkpoints(tmp_path):
+    import paddle
+    model = create_model("lvvit_tiny", depth=1, num_classes=3, embed_dim=48, num_heads=2, img_size=32)
+    path = str(tmp_path / "w.pdparams")
+    paddle.save(model.state_dict(), path)
+    with pytest.raises(ConfigError, match="final_ema.pdparams"):
+        load_weights(model, path, use_ema=True)

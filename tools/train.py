@@ -26,6 +26,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
     parser.add_argument("--load", help="weights to start from: .pdparams or an official .pth/.pth.tar/.pt")
+    parser.add_argument("--use-ema", action="store_true",
+                        help="with --load of an official checkpoint: take its state_dict_ema")
     parser.add_argument("--reset-head", action="store_true",
                         help="with --load: keep the model's own head where the file's has another shape "
                              "(fine-tuning on a dataset with other classes)")
@@ -51,6 +53,8 @@ def evaluate_only(cfg, model) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if (args.reset_head or args.use_ema) and not args.load:
+        raise ConfigError("--reset-head and --use-ema apply to --load WEIGHTS")
     cfg = load_config(args.config, args.override, DEFAULTS)
     if args.seed is not None:
         cfg["seed"] = args.seed
@@ -61,8 +65,10 @@ def main(argv: list[str] | None = None) -> dict:
     seed_everything(cfg["seed"])
     model = build_model(cfg)
     if args.load:
-        report = load_weights(model, args.load, skip_mismatched_head=args.reset_head)
+        report = load_weights(model, args.load, skip_mismatched_head=args.reset_head, use_ema=args.use_ema)
         logger.info(f"loaded weights from {args.load}: {report}")
+    elif args.evaluate_only:
+        logger.warning("--evaluate-only without --load: evaluating freshly initialised weights")
     if args.evaluate_only:
         return evaluate_only(cfg, model)
     if is_main():

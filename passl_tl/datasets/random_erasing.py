@@ -28,9 +28,13 @@ class RandomErasing:
                  min_aspect: float = 0.3, max_aspect: float | None = None, max_count: int = 1, min_count: int = 1):
         if mode not in ERASE_MODES:
             raise ConfigError(f"mode must be one of {ERASE_MODES}, got {mode!r}")
-        if not 0 < min_area <= max_area or not 1 <= min_count <= max_count:
-            raise ConfigError(f"need 0 < min_area <= max_area and 1 <= min_count <= max_count, got area "
-                              f"({min_area}, {max_area}), count ({min_count}, {max_count})")
+        if not 0 <= prob <= 1:
+            raise ConfigError(f"RandomErasing prob must be in [0, 1], got {prob}")
+        if not 0 < min_area <= max_area <= 1 or not 1 <= min_count <= max_count:
+            raise ConfigError(f"RandomErasing needs 0 < min_area <= max_area <= 1 and 1 <= min_count <= max_count, "
+                              f"got area ({min_area}, {max_area}), count ({min_count}, {max_count})")
+        if min_aspect <= 0 or (max_aspect is not None and max_aspect < min_aspect):
+            raise ConfigError(f"RandomErasing needs 0 < min_aspect <= max_aspect, got ({min_aspect}, {max_aspect})")
         self.prob = prob
         self.mode = mode
         self.area = (min_area, max_area)

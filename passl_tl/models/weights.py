@@ -27,19 +27,25 @@ BN_BUFFERS = {"running_mean": "_mean", "running_var": "_variance"}
 POS_EMBED = "backbone.pos_embed"
 
 
-def load_weights(model: nn.Layer, path: str, skip_mismatched_head: bool = False) -> str:
+def load_weights(model: nn.Layer, path: str, skip_mismatched_head: bool = False, use_ema: bool = False) -> str:
     """Load ``path`` into the Classifier ``model``: every key must match by name and shape, except
     that a ``backbone.pos_embed`` for another grid is resized and, with ``skip_mismatched_head``,
-    ``head.*`` tensors of another shape are left at the model's values. Returns a short report."""
+    ``head.*`` tensors of another shape are left at the model's values. ``use_ema`` takes an
+    official checkpoint's ``state_dict_ema``. Returns a short report."""
+    file_keys: dict[str, str] = {}
     if path.endswith(".pdparams"):
+        if use_ema:
+            raise ConfigError(f"{path}: use_ema applies to official checkpoints; our EMA weights are their "
+                              f"own files (final_ema.pdparams, or best.pdparams when EMA was tracked)")
         state, layout = dict(paddle.load(path)), "paddle state dict"
     elif path.endswith(TORCH_SUFFIXES):
-        state, layout = select_state_dict(load_torch_file(path), path)
-        state = convert_official(state, model)
+        official, layout = select_state_dict(load_torch_file(path), path, use_ema=use_ema)
+        file_keys = {ours: theirs for theirs, ours in official_key_map(official).items()}
+        state = convert_official(official, model)
     else:
         raise ConfigError(f"unknown weights format {path}: expected .pdparams or {', '.join(TORCH_SUFFIXES)}")
     notes, kept = adapt_state(model, state, path, skip_mismatched_head)
-    set_state_strict(model, state, path)
+    set_state_strict(model, state, path, file_keys)
     return "; ".join([f"loaded {len(state) - len(kept)} tensors from {os.path.basename(path)} ({layout})", *notes])
 
 
@@ -61,11 +67,13 @@ def adapt_state(model: nn.Layer, state: dict[str, Any], path: str, skip_mismatch
     return notes, kept
 
 
-def set_state_strict(model: nn.Layer, state: Mapping[str, Any], path: str) -> None:
-    """``model.set_state_dict(state)`` that fails, naming ``path`` and the keys, unless every key
-    matches by name and shape; values are cast to the model's dtypes."""
+def set_state_strict(model: nn.Layer, state: Mapping[str, Any], path: str,
+                     file_keys: Mapping[str, str] | None = None) -> None:
+    """``model.set_state_dict(state)`` that fails, naming ``path`` and the keys (with the file's own
+    names from ``file_keys`` where they differ), unless every key matches by name and shape;
+    values are cast to the model's dtypes."""
     expected = model.state_dict()
-    _check_compatible(model, expected, state, path)
+    _check_compatible(model, expected, state, path, file_keys or {})
     model.set_state_dict({k: _to_dtype(v, expected[k].dtype) for k, v in state.items()})
 
 
@@ -140,10 +148,14 @@ def _to_dtype(value: Any, dtype: paddle.dtype) -> paddle.Tensor:
     return tensor if tensor.dtype == dtype else tensor.astype(dtype)
 
 
-def _check_compatible(model: nn.Layer, expected: Mapping[str, Any], state: Mapping[str, Any], path: str) -> None:
+def _check_compatible(model: nn.Layer, expected: Mapping[str, Any], state: Mapping[str, Any], path: str,
+                      file_keys: Mapping[str, str]) -> None:
+    def named(key: str) -> str:  # our key, and the file's own name for it when that differs
+        return f"{key} [file: {file_keys[key]}]" if key in file_keys and file_keys[key] != key else key
+
     missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [f"{k} (file {list(state[k].shape)}, model {list(expected[k].shape)})"
+    unexpected = [named(k) for k in state if k not in expected]
+    wrong_shape = [f"{named(k)} (file {list(state[k].shape)}, model {list(expected[k].shape)})"
                    for k in expected if k in state and list(state[k].shape) != list(expected[k].shape)]
     problems = [f"{what}: {_first(keys)}" for what, keys in
                 (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", wrong_shape)) if keys]

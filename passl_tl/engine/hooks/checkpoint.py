@@ -4,12 +4,16 @@ from __future__ import annotations
 import glob
 import os
 import re
+from typing import TYPE_CHECKING
 
 from ...utils.dist import is_main
 from ...utils.logger import get_logger
 from ...utils.registry import HOOKS, ConfigError
 from ..checkpoint import save_atomic
 from .hook import Hook
+
+if TYPE_CHECKING:
+    from ..trainer import Trainer
 
 CKPT_PATTERN = re.compile(r"ckpt_e(\d+)_i(\d+)\.pdckpt$")
 
@@ -43,18 +47,18 @@ class CheckpointHook(Hook):
         self.save_best = save_best
         self.best_top1 = -1.0
 
-    def before_run(self, trainer) -> None:
+    def before_run(self, trainer: "Trainer") -> None:
         if self.interval_iters % trainer.accumulate_steps:
             raise ConfigError(f"CheckpointHook interval_iters={self.interval_iters} must be a multiple of "
                               f"the optimizer's accumulate_steps={trainer.accumulate_steps} (accumulated "
                               f"gradients are not saved)")
 
-    def after_train_iter(self, trainer) -> None:
+    def after_train_iter(self, trainer: "Trainer") -> None:
         done = trainer.iter + 1
         if self.interval_iters and done % self.interval_iters == 0 and done < trainer.iters_per_epoch:
             self._save(trainer, trainer.epoch, done)
 
-    def after_train_epoch(self, trainer) -> None:
+    def after_train_epoch(self, trainer: "Trainer") -> None:
         last = trainer.epoch + 1 == trainer.max_epochs
         if self.save_best and trainer.metrics and trainer.metrics.get("top1", -1.0) > self.best_top1:
             self.best_top1 = trainer.metrics["top1"]
@@ -64,7 +68,7 @@ class CheckpointHook(Hook):
         if (trainer.epoch + 1) % self.interval == 0 or last:
             self._save(trainer, trainer.epoch, trainer.iters_per_epoch)
 
-    def after_run(self, trainer) -> None:
+    def after_run(self, trainer: "Trainer") -> None:
         if not is_main():
             return
         save_atomic(trainer.model_without_ddp.state_dict(), os.path.join(trainer.output_dir, "final.pdparams"))

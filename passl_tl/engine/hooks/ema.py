@@ -1,10 +1,15 @@
 """Model EMA as a hook: updated after every optimizer step, saved in checkpoints."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ...models.weights import set_state_strict
 from ...utils.registry import HOOKS
 from ..ema import ModelEMA
 from .hook import Hook
+
+if TYPE_CHECKING:
+    from ..trainer import Trainer
 
 
 @HOOKS.register
@@ -17,11 +22,11 @@ class EMAHook(Hook):
         self.decay = decay
         self.ema: ModelEMA | None = None
 
-    def before_run(self, trainer) -> None:
+    def before_run(self, trainer: "Trainer") -> None:
         self.ema = ModelEMA(trainer.model_without_ddp, self.decay)
         trainer.ema = self.ema
 
-    def after_train_iter(self, trainer) -> None:
+    def after_train_iter(self, trainer: "Trainer") -> None:
         if trainer.optimizer_stepped:  # one EMA step per optimizer step
             self.ema.update(trainer.model_without_ddp)
 

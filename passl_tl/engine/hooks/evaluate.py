@@ -1,10 +1,15 @@
 """Validation every N epochs (and after the last), of the model and of its EMA if tracked."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ...utils.dist import broadcast_buffers
 from ...utils.registry import HOOKS
 from ..evaluation import evaluate
 from .hook import Hook
+
+if TYPE_CHECKING:
+    from ..trainer import Trainer
 
 
 @HOOKS.register
@@ -17,7 +22,7 @@ class EvaluateHook(Hook):
     def __init__(self, interval: int = 1):
         self.interval = interval
 
-    def after_train_epoch(self, trainer) -> None:
+    def after_train_epoch(self, trainer: "Trainer") -> None:
         last = trainer.epoch + 1 == trainer.max_epochs
         if trainer.val_loader is None or not ((trainer.epoch + 1) % self.interval == 0 or last):
             trainer.metrics = {}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 import paddle
 
@@ -10,6 +11,9 @@ from ...utils.dist import all_reduce_sum, is_main, world_size
 from ...utils.logger import get_logger
 from ...utils.registry import HOOKS
 from .hook import Hook
+
+if TYPE_CHECKING:
+    from ..trainer import Trainer
 
 
 def weights_fingerprint(model: paddle.nn.Layer) -> float:
@@ -32,15 +36,15 @@ class LoggerHook(Hook):
         self._images = 0
         self._tic = time.time()
 
-    def before_run(self, trainer) -> None:
+    def before_run(self, trainer: "Trainer") -> None:
         if self.visualdl and is_main():
             from visualdl import LogWriter
             self.writer = LogWriter(logdir=os.path.join(trainer.output_dir, "vdl"))
 
-    def before_train_epoch(self, trainer) -> None:
+    def before_train_epoch(self, trainer: "Trainer") -> None:
         self._reset()
 
-    def after_train_iter(self, trainer) -> None:
+    def after_train_iter(self, trainer: "Trainer") -> None:
         self._loss_sum = self._loss_sum + trainer.loss.detach().astype("float64")  # no host sync per step
         self._loss_count += 1
         self._images += trainer.batch_size
@@ -58,7 +62,7 @@ class LoggerHook(Hook):
         self._scalar("train/img_per_s", rate, trainer.global_step)
         self._reset()
 
-    def after_train_epoch(self, trainer) -> None:
+    def after_train_epoch(self, trainer: "Trainer") -> None:
         if not trainer.metrics:
             return
         parts = [f"{k} {v:.3f}" for k, v in trainer.metrics.items() if k.endswith(("top1", "top5")) and "/" in k]
@@ -68,7 +72,7 @@ class LoggerHook(Hook):
             if "/" in key:
                 self._scalar(f"val/{key}", value, trainer.epoch)
 
-    def after_run(self, trainer) -> None:
+    def after_run(self, trainer: "Trainer") -> None:
         # Every process logs it: equal values show the replicas stayed in sync.
         get_logger().info(f"weights fingerprint {weights_fingerprint(trainer.model_without_ddp):.10e}")
         if self.writer is not None:

@@ -1,8 +1,13 @@
 """Sets the learning rate at the start of every epoch from the configured schedule."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ...utils.registry import HOOKS
 from .hook import Hook
+
+if TYPE_CHECKING:
+    from ..trainer import Trainer
 
 
 @HOOKS.register
@@ -11,5 +16,5 @@ class LRSchedulerHook(Hook):
 
     priority = 5
 
-    def before_train_epoch(self, trainer) -> None:
+    def before_train_epoch(self, trainer: "Trainer") -> None:
         trainer.optimizer.set_lr(trainer.lr_scheduler.lr_at(trainer.epoch))

@@ -64,6 +64,10 @@ class MixupHook(Hook):
                  prob: float = 1.0, switch_prob: float = 0.5, correct_lam: bool = True):
         if mixup_alpha <= 0 and cutmix_alpha <= 0 and cutmix_minmax is None:
             raise ConfigError("MixupHook needs mixup_alpha > 0, cutmix_alpha > 0 or cutmix_minmax")
+        if cutmix_minmax is not None and not (len(cutmix_minmax) == 2 and 0 < cutmix_minmax[0] < cutmix_minmax[1] <= 1):
+            raise ConfigError(f"MixupHook cutmix_minmax must be [min, max] with 0 < min < max <= 1, got {cutmix_minmax}")
+        if not (0 <= prob <= 1 and 0 <= switch_prob <= 1):
+            raise ConfigError(f"MixupHook prob and switch_prob must be in [0, 1], got {prob}, {switch_prob}")
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = 1.0 if cutmix_minmax is not None else cutmix_alpha
         self.cutmix_minmax = tuple(cutmix_minmax) if cutmix_minmax is not None else None
@@ -84,6 +88,9 @@ class MixupHook(Hook):
 
     def before_train_iter(self, trainer: "Trainer") -> None:
         rng = np.random.RandomState(derived_seed(trainer.seed, trainer.rank, trainer.global_step, self.STREAM))
+        if trainer.targets.ndim < 2:
+            raise ConfigError("MixupHook mixes soft targets: configure data.target (TokenLabelTargets, or "
+                              "SoftTargets for plain class labels)")
         lam, use_cutmix = self.sample(rng)
         if lam == 1.0:
             return
