@@ -85,3 +85,12 @@ def test_small_config_builds_its_model_and_transforms():
     model = build_model(cfg)
     assert model.grid_size == (24, 24)
     assert len(build_transforms(cfg["data"]["train"]["transforms"], "test")) == 5
+
+
+def test_loss_switches_reach_the_head():
+    """The ground-truth correction and the loss weights are config switches of the model."""
+    from passl_tl import build_model
+    path = os.path.join(REPO_ROOT, "configs", "lvvit", "lvvit_demo.yaml")
+    cfg = load_config(path, ["model.ground_truth=true", "model.dense_weight=0.5", "model.cls_weight=2.0"], DEFAULTS)
+    head = build_model(cfg).head
+    assert (head.ground_truth, head.dense_weight, head.cls_weight) == (True, 0.5, 2.0)
