@@ -53,7 +53,7 @@ def model_overrides(texts: list[str]) -> dict[str, Any]:
 
 def mapping_lines(state: Mapping[str, np.ndarray], model: nn.Layer) -> list[str]:
     """One line per official key: our name (and whether it was transposed), or that it was dropped."""
-    mapping, transposed = official_key_map(state), linear_weight_names(model)
+    mapping, transposed = official_key_map(state, model), linear_weight_names(model)
     width = max(map(len, state))
     return [f"  {key:<{width}}  -> {mapping[key]}{' (transposed)' if mapping[key] in transposed else ''}"
             if key in mapping else f"  {key:<{width}}     dropped (no Paddle counterpart)" for key in state]

@@ -1,7 +1,8 @@
 """Position embeddings for another token grid (fine-tuning at another image size).
 
-As the official fine-tuning does: the cls position is kept, the patch positions are reshaped to
-their grid and resized bicubically (``align_corners=False``, cubic coefficient a = -0.75).
+As the official fine-tuning does: the positions of the prefix tokens (cls, and DeiT's distillation
+token) are kept, the patch positions are reshaped to their grid and resized bicubically
+(``align_corners=False``, cubic coefficient a = -0.75).
 """
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ def patch_grid(num_patches: int, like: tuple[int, int]) -> tuple[int, int] | Non
     return None
 
 
-def resize_pos_embed(pos_embed: np.ndarray, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> np.ndarray:
-    """``[1, 1 + h*w, D]`` → ``[1, 1 + H*W, D]`` in float32: the cls position unchanged, the row-major
-    patch positions resized from ``old_grid`` (h, w) to ``new_grid`` (H, W) bicubically."""
+def resize_pos_embed(pos_embed: np.ndarray, old_grid: tuple[int, int], new_grid: tuple[int, int],
+                     num_prefix_tokens: int = 1) -> np.ndarray:
+    """``[1, p + h*w, D]`` → ``[1, p + H*W, D]`` in float32: the ``p`` prefix positions unchanged, the
+    row-major patch positions resized from ``old_grid`` (h, w) to ``new_grid`` (H, W) bicubically."""
     pos_embed = pos_embed.astype(np.float32)
-    cls_pos, patches = pos_embed[:, :1], pos_embed[:, 1:]
+    cls_pos, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     grid = paddle.to_tensor(patches.reshape(1, *old_grid, -1).transpose(0, 3, 1, 2))
     resized = F.interpolate(grid, size=list(new_grid), mode="bicubic", align_corners=False).numpy()
     return np.concatenate([cls_pos, resized.transpose(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1)], axis=1)

@@ -21,8 +21,6 @@ TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt")
 # Where a training checkpoint keeps the weights, in order of preference.
 CHECKPOINT_KEYS = ("model", "state_dict", "state_dict_ema")
 EMA_KEY = "state_dict_ema"
-# Official top-level head names -> ours (inside the Classifier); everything else is backbone.
-HEAD_NAMES = {"head": "head.cls_head", "aux_head": "head.aux_head"}
 BN_BUFFERS = {"running_mean": "_mean", "running_var": "_variance"}
 POS_EMBED = "backbone.pos_embed"
 
@@ -40,7 +38,7 @@ def load_weights(model: nn.Layer, path: str, skip_mismatched_head: bool = False,
         state, layout = dict(paddle.load(path)), "paddle state dict"
     elif path.endswith(TORCH_SUFFIXES):
         official, layout = select_state_dict(load_torch_file(path), path, use_ema=use_ema)
-        file_keys = {ours: theirs for theirs, ours in official_key_map(official).items()}
+        file_keys = {ours: theirs for theirs, ours in official_key_map(official, model).items()}
         state = convert_official(official, model)
     else:
         raise ConfigError(f"unknown weights format {path}: expected .pdparams or {', '.join(TORCH_SUFFIXES)}")
@@ -92,16 +90,20 @@ def select_state_dict(checkpoint: Any, path: str, use_ema: bool = False) -> tupl
                      f"(expected {'' if use_ema else 'tensors or '}one of {', '.join(keys)})")
 
 
-def official_key_map(keys: Iterable[str]) -> dict[str, str]:
+def official_key_map(keys: Iterable[str], model: nn.Layer) -> dict[str, str]:
     """Official (PyTorch) name -> ours for every key that has a counterpart (``num_batches_tracked``
-    has none). ``head``/``aux_head`` go to the Classifier's head, the rest to its backbone;
-    BatchNorm running stats are renamed."""
+    has none). Keys under one of the head's ``OFFICIAL_NAMES`` prefixes (e.g. ``head``, ``aux_head``,
+    ``head_dist``) go to the Classifier's head, the rest to its backbone; BatchNorm running stats
+    are renamed."""
+    heads = {official: f"head.{ours}" for official, ours in getattr(model.head, "OFFICIAL_NAMES", {}).items()}
+    prefixes = sorted(heads, key=len, reverse=True)
     mapping = {}
     for key in keys:
         if key.endswith(".num_batches_tracked"):
             continue
-        top, _, rest = key.partition(".")
-        owner, _, leaf = (f"{HEAD_NAMES[top]}.{rest}" if top in HEAD_NAMES else f"backbone.{key}").rpartition(".")
+        prefix = next((p for p in prefixes if key.startswith(p + ".")), None)
+        ours = heads[prefix] + key[len(prefix):] if prefix else f"backbone.{key}"
+        owner, _, leaf = ours.rpartition(".")
         mapping[key] = f"{owner}.{BN_BUFFERS.get(leaf, leaf)}"
     return mapping
 
@@ -115,7 +117,7 @@ def convert_official(state: Mapping[str, np.ndarray], model: nn.Layer) -> dict[s
     """Official names and layouts -> ours (``official_key_map``; Linear weights transposed)."""
     linear_weights = linear_weight_names(model)
     return {ours: state[key].T if ours in linear_weights else state[key]
-            for key, ours in official_key_map(state).items()}
+            for key, ours in official_key_map(state, model).items()}
 
 
 def _strip_module_prefix(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -131,14 +133,15 @@ def _fit_pos_embed(model: nn.Layer, state: dict[str, Any], expected: Mapping[str
     old, new = list(state[POS_EMBED].shape), list(expected[POS_EMBED].shape)
     if old == new or len(old) != 3 or old[0] != 1 or old[2] != new[2]:
         return []  # equal, or a difference the strict check reports
-    grid = tuple(model.grid_size)
-    old_grid = patch_grid(old[1] - 1, grid)
+    grid, prefix = tuple(model.grid_size), model.backbone.num_prefix_tokens
+    old_grid = patch_grid(old[1] - prefix, grid)
     if old_grid is None:
         raise ValueError(f"cannot load {path} into {type(model).__name__}; {POS_EMBED} (file {old}, model {new}) "
-                         f"cannot be resized: its {old[1] - 1} patch positions after the cls token form "
-                         f"neither a square grid nor one of the model's {grid[0]}x{grid[1]} aspect ratio")
+                         f"cannot be resized: its {old[1] - prefix} patch positions after the {prefix} prefix "
+                         f"token(s) form neither a square grid nor one of the model's {grid[0]}x{grid[1]} aspect ratio")
     value = state[POS_EMBED]
-    state[POS_EMBED] = resize_pos_embed(value.numpy() if isinstance(value, paddle.Tensor) else value, old_grid, grid)
+    state[POS_EMBED] = resize_pos_embed(value.numpy() if isinstance(value, paddle.Tensor) else value, old_grid, grid,
+                                        prefix)
     return [f"resized {POS_EMBED} from {old_grid[0]}x{old_grid[1]} to {grid[0]}x{grid[1]}"]
 
 

@@ -46,6 +46,8 @@ class LVViT(nn.Layer):
     x1:x2 and columns y1:y2 take the features of the batch-flipped sample (None: no mixing).
     """
 
+    num_prefix_tokens = 1  # the cls token, before the patch tokens
+
     def __init__(self, embed_dim: int, depth: int, num_heads: int, img_size: int | Sequence[int] = 224,
                  patch_size: int = 16, in_chans: int = 3, mlp_ratio: float = 3.0, qkv_bias: bool = False,
                  head_dim: int | None = None, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,

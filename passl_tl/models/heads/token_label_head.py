@@ -14,12 +14,15 @@ from ..layers import flip_box, init_vit_weights
 
 @HEADS.register
 class TokenLabelHead(nn.Layer):
-    """``cls_head`` on token 0 and ``aux_head`` on the patch tokens.
+    """``cls_head`` on token 0 and ``aux_head`` on the patch tokens (the last ``rows x cols`` tokens,
+    so backbones with more prefix tokens, such as DeiT's distillation token, work unchanged).
 
     Eval output: ``cls + aux_eval_weight · max over tokens of aux`` (per sample and class).
     Train output: ``{'cls': [B, K], 'aux': [B, N, K]}`` with the MixToken box of ``aux`` swapped
     back, so every token's logits line up with that sample's own token labels.
     """
+
+    OFFICIAL_NAMES = {"head": "cls_head", "aux_head": "aux_head"}  # official LV-ViT -> ours
 
     def __init__(self, in_channels: int, num_classes: int, cls_weight: float = 1.0,
                  dense_weight: float = 1.0, aux_eval_weight: float = 0.5, ground_truth: bool = False):
@@ -36,8 +39,9 @@ class TokenLabelHead(nn.Layer):
 
     def forward(self, tokens: Tensor, grid_size: Sequence[int], mix_box: Sequence[int] | None = None
                 ) -> Tensor | dict[str, Tensor]:
+        num_patches = grid_size[0] * grid_size[1]
         x_cls = self.cls_head(tokens[:, 0])
-        x_aux = self.aux_head(tokens[:, 1:])
+        x_aux = self.aux_head(tokens[:, tokens.shape[1] - num_patches:])
         if not self.training:
             return x_cls + self.aux_eval_weight * x_aux.max(axis=1)
         B, N, K = x_aux.shape
