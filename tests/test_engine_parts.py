@@ -14,7 +14,7 @@ from passl_tl.engine.hooks.checkpoint import checkpoint_name, list_checkpoints
 from passl_tl.engine.hooks.mixtoken import sample_mix_box
 from passl_tl.engine.lr_schedulers import CosineWarmup
 from passl_tl.engine.optimizers import decay_parameter_names
-from passl_tl.models.heads.token_label_head import mix_lam
+from passl_tl.models.losses import mix_lam
 
 
 def test_cosine_warmup_matches_timm_formula():

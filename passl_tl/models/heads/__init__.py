@@ -1,4 +1,5 @@
 """Heads (registered in ``HEADS``); importing this package registers them."""
+from .linear_head import LinearHead
 from .token_label_head import TokenLabelHead
 
-__all__ = ["TokenLabelHead"]
+__all__ = ["LinearHead", "TokenLabelHead"]

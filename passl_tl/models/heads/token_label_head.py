@@ -5,11 +5,11 @@ from typing import Sequence
 
 import paddle
 import paddle.nn as nn
-import paddle.nn.functional as F
 from paddle import Tensor
 
 from ...utils.registry import HEADS
 from ..layers import flip_box, init_vit_weights
+from ..losses import mix_class_target, soft_cross_entropy
 
 
 @HEADS.register
@@ -67,11 +67,8 @@ class TokenLabelHead(nn.Layer):
         else:
             raise ValueError(f"target must be [B, K] = [{B}, {K}] or [B, K, 2 + N] = [{B}, {K}, {2 + N}], "
                              f"got {list(target.shape)}")
-        lam = mix_lam(mix_box, N)
-        if lam < 1.0:
-            cls_target = lam * cls_target + (1.0 - lam) * cls_target.flip(0)
-        loss_cls = -(cls_target * F.log_softmax(x_cls, axis=-1)).sum(-1).mean()
-        loss_dense = -(dense_target * F.log_softmax(x_aux, axis=-1)).sum(-1).mean()
+        loss_cls = soft_cross_entropy(x_cls, mix_class_target(cls_target, mix_box, N))
+        loss_dense = soft_cross_entropy(x_aux, dense_target)
         return self.cls_weight * loss_cls + self.dense_weight * loss_dense
 
 
@@ -81,11 +78,3 @@ def _trust_ground_truth(ground_truth: Tensor, cls_target: Tensor) -> Tensor:
     ratio = paddle.where(agree, paddle.full_like(agree, 0.5, dtype=cls_target.dtype),
                          paddle.full_like(agree, 0.9, dtype=cls_target.dtype)).unsqueeze(-1)
     return cls_target * ratio + ground_truth * (1.0 - ratio)
-
-
-def mix_lam(box: Sequence[int] | None, num_tokens: int) -> float:
-    """Share of its own tokens a sample keeps under MixToken: ``1 - box area / N``."""
-    if box is None:
-        return 1.0
-    x1, y1, x2, y2 = (int(v) for v in box)
-    return 1.0 - (x2 - x1) * (y2 - y1) / num_tokens

@@ -1,0 +1,43 @@
+"""A linear classifier on the class token (ViTs) or on pooled features (CNNs)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import paddle.nn as nn
+from paddle import Tensor
+
+from ...utils.registry import HEADS, ConfigError
+from ..layers import constant_, trunc_normal_
+from ..losses import soft_cross_entropy
+
+
+@HEADS.register
+class LinearHead(nn.Layer):
+    """``fc`` on token 0 of ``[B, T, D]`` tokens, or on ``[B, C]`` pooled features.
+
+    The output is the same in train and eval mode. ``loss`` is the soft-target cross entropy
+    with ``[B, K]`` targets (smoothed or mixed labels). MixToken needs per-token outputs to
+    un-mix, so it goes with the token-label head, not this one (as officially). ``official_name`` is the layer's name in official checkpoints (``head``
+    for DeiT and T2T-ViT, ``head.fc`` for timm's RegNet); ``init_std`` the std of its weight init
+    (bias 0).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, official_name: str = "head", init_std: float = 0.02):
+        super().__init__()
+        self.num_classes = num_classes
+        self.OFFICIAL_NAMES = {official_name: "fc"}
+        self.fc = nn.Linear(in_channels, num_classes)
+        trunc_normal_(self.fc.weight, std=init_std)
+        constant_(self.fc.bias, 0.0)
+
+    def forward(self, features: Tensor, grid_size: Sequence[int] | None = None,
+                mix_box: Sequence[int] | None = None) -> Tensor:
+        return self.fc(features[:, 0] if features.ndim == 3 else features)
+
+    def loss(self, outputs: Tensor, target: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:
+        if target.ndim != 2 or tuple(target.shape) != tuple(outputs.shape):
+            raise ValueError(f"LinearHead needs soft targets {list(outputs.shape)} (configure data.target), "
+                             f"got {list(target.shape)}")
+        if mix_box is not None:
+            raise ConfigError("MixToken needs the token-label head (TokenLabelHead); remove hooks.mixtoken")
+        return soft_cross_entropy(outputs, target)
