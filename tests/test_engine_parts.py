@@ -210,3 +210,19 @@ def test_checkpoints_only_at_accumulation_boundaries():
     with pytest.raises(ConfigError, match="interval_iters=3 must be a multiple of .*accumulate_steps=2"):
         CheckpointHook(interval_iters=3).before_run(SimpleNamespace(accumulate_steps=2))
     CheckpointHook(interval_iters=4).before_run(SimpleNamespace(accumulate_steps=2))
+
+
+def test_repeated_augmentation_spreads_copies_over_processes():
+    """DeiT's RASampler: every index 3 times, the copies on different processes, n // world per process."""
+    world, n = 3, 30
+    shards = []
+    for r in range(world):
+        s = ShardedBatchSampler(n, 5, shuffle=True, drop_last=True, seed=0, pad=True, repeats=3)
+        s.num_replicas, s.rank = world, r
+        shards.append([i for batch in s for i in batch])
+    assert all(len(shard) == n // world for shard in shards)
+    for position in range(n // world):  # the 3 copies of one index sit at the same position on each rank
+        assert len({shard[position] for shard in shards}) == 1
+    single = ShardedBatchSampler(n, 5, shuffle=True, drop_last=True, seed=0, pad=True, repeats=3)
+    single.num_replicas, single.rank = 1, 0
+    assert sorted(i for batch in single for i in batch) == list(range(n))  # one process: plain sampling

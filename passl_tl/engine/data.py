@@ -20,16 +20,22 @@ class ShardedBatchSampler(paddle.io.BatchSampler):
     of the same permutation. Evaluation (``pad=False``) takes ``indices[rank::world]``: each
     sample is seen by exactly one process. ``set_start_iter(k)`` skips the first ``k``
     batches of the next pass (resuming mid-epoch).
+
+    ``repeats > 1`` is DeiT's repeated augmentation (its ``RASampler``): each index of the
+    permutation is repeated that many times before sharding, so the augmented copies of an
+    image land on different processes, and every process keeps ``num_samples // world``
+    indices per epoch. As officially, it applies only with several processes.
     """
 
     def __init__(self, num_samples: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0,
-                 pad: bool = True):
+                 pad: bool = True, repeats: int = 1):
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.seed = seed
         self.pad = pad
+        self.repeats = repeats
         self.epoch = 0
         self.start_iter = 0
         self.num_replicas, self.rank = world_size(), rank()
@@ -44,10 +50,14 @@ class ShardedBatchSampler(paddle.io.BatchSampler):
         indices = np.arange(self.num_samples)
         if self.shuffle:
             indices = np.random.RandomState(self.seed + self.epoch).permutation(self.num_samples)
+        repeated = self.repeats > 1 and self.num_replicas > 1
+        if repeated:
+            indices = np.repeat(indices, self.repeats)
         if self.pad:
-            total = math.ceil(self.num_samples / self.num_replicas) * self.num_replicas
-            indices = np.concatenate([indices, indices[: total - self.num_samples]])
-        return indices[self.rank::self.num_replicas]
+            total = math.ceil(len(indices) / self.num_replicas) * self.num_replicas
+            indices = np.concatenate([indices, indices[: total - len(indices)]])
+        shard = indices[self.rank::self.num_replicas]
+        return shard[: self.num_samples // self.num_replicas] if repeated else shard
 
     def __iter__(self):
         shard = self._shard()
@@ -56,7 +66,7 @@ class ShardedBatchSampler(paddle.io.BatchSampler):
             yield shard[b * self.batch_size:(b + 1) * self.batch_size].tolist()
 
     def __len__(self) -> int:
-        n = len(self._shard()) if not self.pad else math.ceil(self.num_samples / self.num_replicas)
+        n = len(self._shard())
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
 
@@ -66,8 +76,10 @@ def build_dataset(cfg: Mapping[str, Any], where: str, seed: int):
     return DATASETS.build(cfg, where, **({"seed": seed} if "seed" in accepted else {}))
 
 
-def build_loader(dataset, batch_size: int, num_workers: int, train: bool, seed: int) -> paddle.io.DataLoader:
-    sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle=train, drop_last=train, seed=seed, pad=train)
+def build_loader(dataset: paddle.io.Dataset, batch_size: int, num_workers: int, train: bool, seed: int,
+                 repeats: int = 1) -> paddle.io.DataLoader:
+    sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle=train, drop_last=train, seed=seed, pad=train,
+                                  repeats=repeats)
     if train and len(sampler) == 0:
         raise ValueError(f"the training set has {len(dataset)} images, fewer than one batch of "
                          f"{batch_size} per process x {world_size()} processes")

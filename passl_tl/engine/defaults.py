@@ -11,6 +11,7 @@ DEFAULTS = {
         "batch_size": 128,        # per process
         "val_batch_size": 128,
         "num_workers": 8,
+        "repeated_augmentation": 1,  # DeiT's repeated augmentation: 3 (needs several processes)
         "train": {},              # a dataset mapping (name: ...)
         "val": {},                # a dataset mapping (name: ...)
         "target": {},             # batch target builder, e.g. TokenLabelTargets

@@ -76,7 +76,8 @@ class Trainer:
         data = cfg["data"]
         train_set = build_dataset(data["train"], f"data.train of {cfg.source}", cfg["seed"])
         val_set = build_dataset(data["val"], f"data.val of {cfg.source}", cfg["seed"]) if data["val"] else None
-        train_loader = build_loader(train_set, data["batch_size"], data["num_workers"], True, cfg["seed"])
+        train_loader = build_loader(train_set, data["batch_size"], data["num_workers"], True, cfg["seed"],
+                                    data["repeated_augmentation"])
         val_loader = (build_loader(val_set, data["val_batch_size"], data["num_workers"], False, cfg["seed"])
                       if val_set is not None else None)
         optimizer = OPTIMIZERS.build(cfg["optimizer"], f"optimizer of {cfg.source}", model=model)
