@@ -1,4 +1,5 @@
 """Backbones (registered in ``BACKBONES``); importing this package registers them."""
 from .lvvit import LVViT
+from .regnet import RegNet  # noqa: F401
 
 __all__ = ["LVViT"]
