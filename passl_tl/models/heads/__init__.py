@@ -1,4 +1,5 @@
 """Heads (registered in ``HEADS``); importing this package registers them."""
+from .distillation_head import DistillationHead  # noqa: F401
 from .linear_head import LinearHead
 from .token_label_head import TokenLabelHead
 

@@ -1,0 +1,148 @@
+"""DeiT ("Training data-efficient image transformers & distillation through attention").
+
+The timm 0.3.2 ViT that DeiT trains (16x16 patch projection, qkv bias, LayerNorm eps 1e-6),
+optionally with a distillation token after the class token: tokens are [cls, dist, patches].
+Parameter names follow the official implementation so checkpoints map one to one.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+from paddle import Tensor
+
+from ...utils.registry import BACKBONES, MODELS, ConfigError
+from ..classifier import Classifier, build_preset
+from ..layers import Block, flip_box, init_vit_weights, trunc_normal_
+
+
+class PatchEmbed(nn.Layer):
+    """Non-overlapping ``patch_size`` patches projected to ``embed_dim`` by one strided conv."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.proj = nn.Conv2D(in_chans, embed_dim, patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x)
+
+
+@BACKBONES.register
+class DeiT(nn.Layer):
+    """DeiT backbone: ``forward(x, mix_box)`` → all tokens ``[B, prefix + N, D]`` after the final norm.
+
+    ``distilled`` adds the distillation token (prefix = cls, dist). ``mix_box = (x1, y1, x2, y2)``
+    applies MixToken on the patch grid ``[B, D, H, W]`` before the prefix tokens and positions are
+    added: rows x1:x2 and columns y1:y2 take the features of the batch-flipped sample.
+    """
+
+    def __init__(self, embed_dim: int, depth: int, num_heads: int, img_size: int | Sequence[int] = 224,
+                 patch_size: int = 16, in_chans: int = 3, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 distilled: bool = False, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0):
+        super().__init__()
+        height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if height % patch_size or width % patch_size:
+            raise ConfigError(f"DeiT needs a patch_size dividing img_size, got patch_size {patch_size} "
+                              f"and img_size {img_size}")
+        self.embed_dim = embed_dim
+        self.grid_size = (height // patch_size, width // patch_size)
+        self.num_prefix_tokens = 2 if distilled else 1
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.cls_token = self.create_parameter([1, 1, embed_dim])
+        self.dist_token = self.create_parameter([1, 1, embed_dim]) if distilled else None
+        num_tokens = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
+        self.pos_embed = self.create_parameter([1, num_tokens, embed_dim])
+        self.pos_drop = nn.Dropout(drop_rate)
+        self.blocks = nn.LayerList([
+            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
+                  attn_drop=attn_drop_rate, drop_path=float(rate), norm_eps=1e-6)
+            for rate in np.linspace(0.0, drop_path_rate, depth)])
+        self.norm = nn.LayerNorm(embed_dim, epsilon=1e-6)
+
+        for token in (self.pos_embed, self.cls_token, self.dist_token):
+            if token is not None:
+                trunc_normal_(token, std=0.02)
+        for layer in self.sublayers():
+            init_vit_weights(layer)
+
+    def no_weight_decay(self) -> set[str]:
+        """As the official DeiT (timm 0.3.2's list): the distillation token is decayed."""
+        return {"pos_embed", "cls_token"}
+
+    def forward(self, x: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:
+        x = self.patch_embed(x)
+        if tuple(x.shape[2:]) != self.grid_size:
+            raise ValueError(f"these images give a {tuple(x.shape[2:])} token grid, "
+                             f"the model was built for {self.grid_size}")
+        x = flip_box(x, mix_box, row_axis=2).flatten(2).transpose([0, 2, 1])
+        prefix = [t.expand([x.shape[0], -1, -1]) for t in (self.cls_token, self.dist_token) if t is not None]
+        x = self.pos_drop(paddle.concat([*prefix, x], axis=1) + self.pos_embed)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+# ----------------------------------------------------------------------------- presets
+
+TINY = dict(embed_dim=192, depth=12, num_heads=3)
+SMALL = dict(embed_dim=384, depth=12, num_heads=6)
+BASE = dict(embed_dim=768, depth=12, num_heads=12)
+
+
+def _deit(arch: dict, distilled: bool, head: Mapping[str, Any] | None, overrides: dict[str, Any],
+          preset: str) -> Classifier:
+    """``head`` (a head config, e.g. ``{'name': 'TokenLabelHead'}``) replaces the preset's head."""
+    head = head or {"name": "DistillationHead" if distilled else "LinearHead"}
+    return build_preset({"name": "DeiT", "distilled": distilled, **arch}, {"num_classes": 1000, **head},
+                        overrides, preset)
+
+
+@MODELS.register
+def deit_tiny_patch16_224(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
+    """DeiT-Ti: 192 wide, 12 deep, 3 heads (5.7M params)."""
+    return _deit(TINY, False, head, overrides, "deit_tiny_patch16_224")
+
+
+@MODELS.register
+def deit_small_patch16_224(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
+    """DeiT-S: 384 wide, 12 deep, 6 heads (22.1M params)."""
+    return _deit(SMALL, False, head, overrides, "deit_small_patch16_224")
+
+
+@MODELS.register
+def deit_base_patch16_224(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
+    """DeiT-B: 768 wide, 12 deep, 12 heads (86.6M params)."""
+    return _deit(BASE, False, head, overrides, "deit_base_patch16_224")
+
+
+@MODELS.register
+def deit_base_patch16_384(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
+    """DeiT-B at 384x384 (86.9M params)."""
+    return _deit({**BASE, "img_size": 384}, False, head, overrides, "deit_base_patch16_384")
+
+
+@MODELS.register
+def deit_tiny_distilled_patch16_224(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
+    """Distilled DeiT-Ti: DeiT-Ti with a distillation token and head (5.9M params)."""
+    return _deit(TINY, True, head, overrides, "deit_tiny_distilled_patch16_224")
+
+
+@MODELS.register
+def deit_small_distilled_patch16_224(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
+    """Distilled DeiT-S: DeiT-S with a distillation token and head (22.4M params)."""
+    return _deit(SMALL, True, head, overrides, "deit_small_distilled_patch16_224")
+
+
+@MODELS.register
+def deit_base_distilled_patch16_224(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
+    """Distilled DeiT-B: DeiT-B with a distillation token and head (87.3M params)."""
+    return _deit(BASE, True, head, overrides, "deit_base_distilled_patch16_224")
+
+
+@MODELS.register
+def deit_base_distilled_patch16_384(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
+    """Distilled DeiT-B at 384x384 (87.6M params)."""
+    return _deit({**BASE, "img_size": 384}, True, head, overrides, "deit_base_distilled_patch16_384")
