@@ -123,19 +123,27 @@ class Mlp(nn.Layer):
 class Attention(nn.Layer):
     """Multi-head self-attention; ``head_dim`` may differ from ``dim // num_heads``.
 
-    q is scaled before ``q @ kᵀ`` (as LV-ViT does, for stability).
+    q is scaled by ``qk_scale`` (default ``head_dim ** -0.5``) before ``q @ kᵀ`` (as LV-ViT does,
+    for stability). ``out_dim`` is the projection's output width (default ``dim``); ``value_skip``
+    adds the values to the output, the residual of T2T-ViT's layers that change the token width
+    (it needs ``out_dim == num_heads * head_dim``).
     """
 
     def __init__(self, dim: int, num_heads: int = 8, head_dim: int | None = None, qkv_bias: bool = False,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, qk_scale: float | None = None,
+                 out_dim: int | None = None, value_skip: bool = False):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = head_dim or dim // num_heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = qk_scale or self.head_dim ** -0.5
         inner = self.head_dim * num_heads
+        out_dim = out_dim or dim
+        if value_skip and out_dim != inner:
+            raise ValueError(f"value_skip needs out_dim ({out_dim}) = num_heads * head_dim ({inner})")
+        self.value_skip = value_skip
         self.qkv = nn.Linear(dim, 3 * inner, bias_attr=None if qkv_bias else False)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(inner, dim)
+        self.proj = nn.Linear(inner, out_dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -144,7 +152,8 @@ class Attention(nn.Layer):
         q, k, v = qkv[0], qkv[1], qkv[2]
         attn = F.softmax(paddle.matmul(q * self.scale, k, transpose_y=True), axis=-1)
         x = paddle.matmul(self.attn_drop(attn), v).transpose([0, 2, 1, 3]).reshape([B, N, -1])
-        return self.proj_drop(self.proj(x))
+        x = self.proj_drop(self.proj(x))
+        return x + v.transpose([0, 2, 1, 3]).reshape([B, N, -1]) if self.value_skip else x
 
 
 class Block(nn.Layer):
@@ -152,11 +161,12 @@ class Block(nn.Layer):
 
     def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, mlp_ratio: float = 4.0,
                  qkv_bias: bool = False, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
-                 act_layer: type[nn.Layer] = nn.GELU, norm_eps: float = 1e-5, skip_lam: float = 1.0):
+                 act_layer: type[nn.Layer] = nn.GELU, norm_eps: float = 1e-5, skip_lam: float = 1.0,
+                 qk_scale: float | None = None):
         super().__init__()
         self.skip_lam = skip_lam
         self.norm1 = nn.LayerNorm(dim, epsilon=norm_eps)
-        self.attn = Attention(dim, num_heads, head_dim, qkv_bias, attn_drop, drop)
+        self.attn = Attention(dim, num_heads, head_dim, qkv_bias, attn_drop, drop, qk_scale=qk_scale)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, epsilon=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
