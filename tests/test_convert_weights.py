@@ -88,7 +88,7 @@ def test_converted_fixture_gives_the_official_logits(tmp_path, capsys, official)
     dst = convert(tmp_path, fixture_path("lvvit_t_d2.pth"), "--model", "lvvit_tiny", "-o", "depth=2", "num_classes=10")
     out = capsys.readouterr().out.splitlines()
     assert out[:2] == [f"{fixture_path('lvvit_t_d2.pth')}: plain torch state dict, 50 tensors",
-                       "model: lvvit_tiny(depth=2, img_size=224, num_classes=10, patch_size=16)"]
+                       "model: lvvit_tiny(depth=2, img_size=224, num_classes=10)"]
     lines = [" ".join(line.split()) for line in out]
     for line in ("patch_embed.bn1.running_var -> backbone.patch_embed.bn1._variance",
                  "blocks.1.attn.qkv.weight -> backbone.blocks.1.attn.qkv.weight (transposed)",
@@ -122,7 +122,7 @@ def test_every_checkpoint_layout(tmp_path, capsys, official, layout, suffix, fou
     src = write_torch_zip(tmp_path / f"ckpt{suffix}", checkpoint)
     dst = convert(tmp_path, src, "-o", "depth=2")  # preset inferred: lvvit_tiny
     assert capsys.readouterr().out.splitlines()[:2] == [
-        f"{src}: {found}, 50 tensors", "model: lvvit_tiny(depth=2, img_size=224, num_classes=10, patch_size=16)"]
+        f"{src}: {found}, 50 tensors", "model: lvvit_tiny(depth=2, img_size=224, num_classes=10)"]
     expected = weights(convert(tmp_path, fixture_path("lvvit_t_d2.pth"), "-o", "depth=2", name="ref.pdparams"))
     converted = weights(dst)
     assert list(converted) == list(expected)
@@ -154,12 +154,11 @@ def full_depth(state, depth):
 
 def test_preset_inferred_from_shapes(tmp_path, capsys, official):
     state, _ = official
-    settings = preset_inference.checkpoint_settings(state)
-    assert settings == {"patch_size": 16, "img_size": 224, "num_classes": 10}
-    assert preset_inference.matching_presets(full_depth(state, 12), settings) == ["lvvit_tiny"]
-    assert preset_inference.matching_presets(full_depth(state, 16), settings) == []  # lvvit_small is 384 wide
-    assert preset_inference.matching_presets(state, settings) == []
-    assert preset_inference.matching_presets(state, {**settings, "depth": 2}) == ["lvvit_tiny"]
+    assert preset_inference.preset_arguments("lvvit_tiny", state, {}) == {"img_size": 224, "num_classes": 10}
+    assert preset_inference.matching_presets(full_depth(state, 12), {}) == ["lvvit_tiny"]
+    assert preset_inference.matching_presets(full_depth(state, 16), {}) == []  # lvvit_small is 384 wide
+    assert preset_inference.matching_presets(state, {}) == []
+    assert preset_inference.matching_presets(state, {"depth": 2}) == ["lvvit_tiny"]
 
     # LV-ViT-T as released (12 blocks), fine-tuned at 384: img_size comes from pos_embed.
     at_384 = create_model("lvvit_tiny", depth=2, num_classes=10, img_size=384)
@@ -167,20 +166,20 @@ def test_preset_inferred_from_shapes(tmp_path, capsys, official):
     src = write_torch_zip(tmp_path / "lvvit_t_384.pth",
                           {**full_depth(state, 12), "pos_embed": at_384.backbone.pos_embed.numpy()})
     dst = convert(tmp_path, src)
-    assert capsys.readouterr().out.splitlines()[1] == "model: lvvit_tiny(img_size=384, num_classes=10, patch_size=16)"
+    assert capsys.readouterr().out.splitlines()[1] == "model: lvvit_tiny(img_size=384, num_classes=10)"
     converted = weights(dst)
     assert len(converted) == len(create_model("lvvit_tiny", num_classes=10).state_dict())
     np.testing.assert_array_equal(converted["backbone.pos_embed"], at_384.backbone.pos_embed.numpy())
 
-    with pytest.raises(ConfigError, match=r"\(embed_dim 240, depth 2, stem_channels 64, pos_embed tokens 197, "
-                                          r"num_classes 10\) matches no LV-ViT preset; choose one with --model"):
+    with pytest.raises(ConfigError, match=r"\(50 tensors, embed_dim 240, depth 2, pos_embed tokens 197, "
+                                          r"head 10 classes\) matches no registered preset; choose one with --model"):
         convert(tmp_path, fixture_path("lvvit_t_d2.pth"))
 
 
 def test_other_image_size_resizes_pos_embed(tmp_path, capsys):
     dst = convert(tmp_path, fixture_path("lvvit_t_d2.pth"), "-o", "depth=2", "img_size=384")
     out = capsys.readouterr().out.splitlines()
-    assert "model: lvvit_tiny(depth=2, img_size=384, num_classes=10, patch_size=16)" in out
+    assert "model: lvvit_tiny(depth=2, img_size=384, num_classes=10)" in out
     assert "resized backbone.pos_embed from 14x14 to 24x24" in out
     expected = create_model("lvvit_tiny", depth=2, num_classes=10, img_size=384)
     load_weights(expected, fixture_path("lvvit_t_d2.pth"))

@@ -1,12 +1,12 @@
-"""Convert an official LV-ViT PyTorch checkpoint into our .pdparams (PyTorch is not needed).
+"""Convert an official PyTorch checkpoint (LV-ViT, DeiT, T2T-ViT, RegNetY) into our .pdparams (no PyTorch needed).
 
     python tools/convert_weights.py --src lvvit_s-26M-224-83.3.pth.tar --dst lvvit_small.pdparams
     python tools/convert_weights.py --src ckpt.pth --dst out.pdparams --model lvvit_tiny -o depth=2
     python tools/convert_weights.py --src last.pth.tar --dst ema.pdparams --use-ema
 
-The preset is inferred from the checkpoint's shapes unless --model is given; img_size, patch_size
-and num_classes are taken from the checkpoint (pos_embed, patch projection, head) unless overridden
-with -o. An -o img_size other than the checkpoint's resizes pos_embed bicubically.
+The preset is inferred from the checkpoint's shapes unless --model is given; img_size and
+num_classes are taken from the checkpoint (pos_embed, head) unless overridden with -o. An
+-o img_size other than the checkpoint's resizes pos_embed bicubically.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import paddle.nn as nn
 
 from passl_tl.engine.checkpoint import save_atomic
 from passl_tl.models import create_model
-from passl_tl.models.preset_inference import checkpoint_settings, choose_preset
+from passl_tl.models.preset_inference import choose_preset, preset_arguments
 from passl_tl.models.weights import (adapt_state, convert_official, linear_weight_names, official_key_map,
                                      select_state_dict, set_state_strict)
 from passl_tl.utils.cli import run_tool
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> str:
     if not args.dst.endswith(".pdparams"):
         raise ConfigError(f"--dst {args.dst}: the output must be a .pdparams file")
     state, layout = select_state_dict(load_torch_file(args.src), args.src, use_ema=args.use_ema)
-    overrides = {**checkpoint_settings(state), **model_overrides(args.override)}
-    name = args.model or choose_preset(state, overrides, args.src)
+    name = args.model or choose_preset(state, model_overrides(args.override), args.src)
+    overrides = preset_arguments(name, state, model_overrides(args.override))
     model = create_model(name, **overrides)
     converted = convert_official(state, model)
     notes, _ = adapt_state(model, converted, args.src)

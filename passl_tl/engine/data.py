@@ -114,7 +114,7 @@ def check_data_matches_model(model: paddle.nn.Layer, train_set: Any, val_set: An
         if target.get("num_classes", num_classes) != num_classes:
             raise ConfigError(f"data.target.num_classes={target['num_classes']} but the model has "
                               f"num_classes={num_classes} in {source}")
-        size, grid = target.get("label_size", 1), tuple(getattr(model, "grid_size", ()))
+        size, grid = target.get("label_size", 1), tuple(getattr(model, "grid_size", None) or ())
         if size > 1 and grid and grid != (size, size):
             raise ConfigError(f"data.target.label_size={size} gives a {size}x{size} token-label grid but the "
                               f"model's token grid is {grid[0]}x{grid[1]} in {source}")

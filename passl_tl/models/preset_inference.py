@@ -1,50 +1,90 @@
-"""Which preset an official checkpoint is: arguments read from its shapes, presets matched by shape."""
+"""Which preset an official checkpoint is: every registered preset whose names and shapes match."""
 from __future__ import annotations
 
+import ast
+import functools
 import math
 from typing import Any, Mapping
 
 import numpy as np
 import paddle
+import paddle.nn as nn
 
 from ..utils.registry import MODELS, ConfigError
 from .weights import POS_EMBED, convert_official
 
-PRESET_PREFIX = "lvvit_"
+PROBE_SIZE = 224  # image size the presets are probed at to learn their patch stride
+CLASSIFIER_LAYERS = ("cls_head", "fc")  # our names of a head's main classifier
+# A key that only one family's official checkpoints have -> that family's preset names (checked in order).
+FAMILIES = (("patch_embed.conv1.weight", "lvvit_"), ("tokens_to_token.", "t2t_vit_"),
+            ("patch_embed.proj.weight", "deit_"), ("stem.conv.weight", "regnety_"))
+BLOCKS = "backbone.blocks."
 
 
-def checkpoint_settings(state: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """The preset arguments an official state dict determines: patch_size (from the patch projection),
-    img_size (from a square pos_embed grid) and num_classes (from the head), where present."""
-    settings: dict[str, Any] = {}
-    if "patch_embed.proj.weight" in state:
-        settings["patch_size"] = 2 * state["patch_embed.proj.weight"].shape[-1]
-    if "pos_embed" in state and "patch_size" in settings:
-        side = math.isqrt(state["pos_embed"].shape[1] - 1)
-        if side * side == state["pos_embed"].shape[1] - 1:
-            settings["img_size"] = side * settings["patch_size"]
-    if "head.weight" in state:
-        settings["num_classes"] = state["head.weight"].shape[0]
-    return settings
+def family_presets(state: Mapping[str, np.ndarray]) -> list[str]:
+    """The registered presets of the family the checkpoint's keys show (empty if none does)."""
+    prefix = next((p for key, p in FAMILIES if any(k.startswith(key) for k in state)), None)
+    return [name for name in MODELS.names() if prefix and name.startswith(prefix)]
+
+
+def _lazy(name: str, arguments: Mapping[str, Any]) -> nn.Layer:
+    return _lazy_cached(name, repr(sorted(arguments.items())))
+
+
+@functools.lru_cache(maxsize=64)
+def _lazy_cached(name: str, arguments: str) -> nn.Layer:
+    with paddle.LazyGuard():  # the architecture without allocating weights; never trained or changed
+        return MODELS.build({"name": name, **dict(ast.literal_eval(arguments))})
+
+
+def _shallow(name: str, arguments: Mapping[str, Any]) -> tuple[nn.Layer, bool]:
+    """The preset with a single block where it takes ``depth`` (cheap), and whether that is the whole model."""
+    try:
+        return _lazy(name, {**arguments, "depth": 1}), False
+    except ConfigError:
+        return _lazy(name, arguments), True
+
+
+def preset_arguments(name: str, state: Mapping[str, np.ndarray], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments of preset ``name`` that the checkpoint determines: ``num_classes`` (from the
+    head's classifier) and ``img_size`` (from a square ``pos_embed`` grid), unless overridden."""
+    probe, _ = _shallow(name, {**overrides, "img_size": overrides.get("img_size", PROBE_SIZE)})
+    arguments: dict[str, Any] = {}
+    for official, ours in getattr(probe.head, "OFFICIAL_NAMES", {}).items():
+        if ours in CLASSIFIER_LAYERS and f"{official}.weight" in state:
+            arguments["num_classes"] = state[f"{official}.weight"].shape[0]
+    grid = getattr(probe.backbone, "grid_size", None)
+    if "pos_embed" in state and grid and "img_size" not in overrides:
+        patches = state["pos_embed"].shape[1] - probe.backbone.num_prefix_tokens
+        side = math.isqrt(patches)
+        if side * side == patches:
+            arguments["img_size"] = side * PROBE_SIZE // grid[0]
+    return {**arguments, **overrides}
 
 
 def matching_presets(state: Mapping[str, np.ndarray], overrides: Mapping[str, Any]) -> list[str]:
-    """The LV-ViT presets that, with ``overrides``, have exactly the checkpoint's names and shapes
-    (except the token count of pos_embed, which loading resizes to the model's grid).
+    """The presets of the checkpoint's family that, with ``overrides``, have exactly its names and
+    shapes (except the token count of pos_embed, which loading resizes to the model's grid).
+    Each is first compared without its blocks (a one-block build), then whole."""
+    found = []
+    for name in family_presets(state):
+        try:
+            arguments = preset_arguments(name, state, overrides)
+            model, whole = _shallow(name, arguments)
+            if not whole and not _same_shapes(state, model, skip=BLOCKS):
+                continue
+            model = model if whole else _lazy(name, arguments)
+        except (ConfigError, ValueError, TypeError):
+            continue  # an override this preset does not take, or an impossible geometry
+        if _same_shapes(state, model):
+            found.append(name)
+    return found
 
-    Presets are built without allocating weights: first without blocks (cheap, rejects most), then whole.
-    """
-    return [name for name in MODELS.names() if name.startswith(PRESET_PREFIX)
-            and _same_shapes(name, {**overrides, "depth": 0}, state, with_blocks=False)
-            and _same_shapes(name, overrides, state, with_blocks=True)]
 
-
-def _same_shapes(name: str, overrides: Mapping[str, Any], state: Mapping[str, np.ndarray], with_blocks: bool) -> bool:
-    with paddle.LazyGuard():
-        model = MODELS.build({"name": name, **overrides})
-    have = {k: _architecture_shape(k, v) for k, v in convert_official(state, model).items()
-            if with_blocks or not k.startswith("backbone.blocks.")}
-    return have == {k: _architecture_shape(k, v) for k, v in model.state_dict().items()}
+def _same_shapes(state: Mapping[str, np.ndarray], model: nn.Layer, skip: str | None = None) -> bool:
+    def shapes(items):
+        return {k: _architecture_shape(k, v) for k, v in items if skip is None or not k.startswith(skip)}
+    return shapes(convert_official(state, model).items()) == shapes(model.state_dict().items())
 
 
 def _architecture_shape(key: str, value: Any) -> list[Any]:
@@ -58,15 +98,15 @@ def describe(state: Mapping[str, np.ndarray]) -> str:
         return state[key].shape[axis] if key in state else "?"
 
     depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
-    return (f"embed_dim {dim('cls_token', -1)}, depth {depth}, stem_channels {dim('patch_embed.conv1.weight', 0)}, "
-            f"pos_embed tokens {dim('pos_embed', 1)}, num_classes {dim('head.weight', 0)}")
+    return (f"{len(state)} tensors, embed_dim {dim('cls_token', -1)}, depth {depth}, "
+            f"pos_embed tokens {dim('pos_embed', 1)}, head {dim('head.weight', 0)} classes")
 
 
 def choose_preset(state: Mapping[str, np.ndarray], overrides: Mapping[str, Any], src: str) -> str:
     """The single preset matching the checkpoint, else an error asking for ``--model``."""
     found = matching_presets(state, overrides)
     if len(found) != 1:
-        what = f"matches several presets ({', '.join(found)})" if found else "matches no LV-ViT preset"
+        what = f"matches several presets ({', '.join(found)})" if found else "matches no registered preset"
         raise ConfigError(f"{src} ({describe(state)}) {what}; choose one with --model NAME "
                           f"(and -o for other arguments, e.g. -o depth=2)")
     return found[0]
