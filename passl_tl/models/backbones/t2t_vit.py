@@ -9,7 +9,7 @@ checkpoints map one to one.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import paddle
@@ -198,74 +198,76 @@ class T2TViT(nn.Layer):
 
 # ----------------------------------------------------------------------------- presets
 
-def _t2t(arch: dict, overrides: dict[str, Any], preset: str) -> Classifier:
-    return build_preset({"name": "T2TViT", **arch}, {"name": "LinearHead", "num_classes": 1000}, overrides, preset)
+def _t2t(arch: dict, head: Mapping[str, Any] | None, overrides: dict[str, Any], preset: str) -> Classifier:
+    """``head`` (a head config, e.g. ``{'name': 'TokenLabelHead'}``) replaces the preset's LinearHead."""
+    return build_preset({"name": "T2TViT", **arch}, {"num_classes": 1000, **(head or {"name": "LinearHead"})},
+                        overrides, preset)
 
 
 @MODELS.register
-def t2t_vit_7(**overrides: Any) -> Classifier:
+def t2t_vit_7(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
     """T2T-ViT-7: performer T2T, 256 wide, 7 deep, 4 heads (4.3M params)."""
-    return _t2t(dict(embed_dim=256, depth=7, num_heads=4, mlp_ratio=2.0), overrides, "t2t_vit_7")
+    return _t2t(dict(embed_dim=256, depth=7, num_heads=4, mlp_ratio=2.0), head, overrides, "t2t_vit_7")
 
 
 @MODELS.register
-def t2t_vit_10(**overrides: Any) -> Classifier:
+def t2t_vit_10(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
     """T2T-ViT-10: performer T2T, 256 wide, 10 deep, 4 heads (5.9M params)."""
-    return _t2t(dict(embed_dim=256, depth=10, num_heads=4, mlp_ratio=2.0), overrides, "t2t_vit_10")
+    return _t2t(dict(embed_dim=256, depth=10, num_heads=4, mlp_ratio=2.0), head, overrides, "t2t_vit_10")
 
 
 @MODELS.register
-def t2t_vit_12(**overrides: Any) -> Classifier:
+def t2t_vit_12(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
     """T2T-ViT-12: performer T2T, 256 wide, 12 deep, 4 heads (6.9M params)."""
-    return _t2t(dict(embed_dim=256, depth=12, num_heads=4, mlp_ratio=2.0), overrides, "t2t_vit_12")
+    return _t2t(dict(embed_dim=256, depth=12, num_heads=4, mlp_ratio=2.0), head, overrides, "t2t_vit_12")
 
 
 @MODELS.register
-def t2t_vit_14(**overrides: Any) -> Classifier:
+def t2t_vit_14(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
     """T2T-ViT-14: performer T2T, 384 wide, 14 deep, 6 heads (21.5M params)."""
-    return _t2t(dict(embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.0), overrides, "t2t_vit_14")
+    return _t2t(dict(embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.0), head, overrides, "t2t_vit_14")
 
 
 @MODELS.register
-def t2t_vit_19(**overrides: Any) -> Classifier:
+def t2t_vit_19(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
     """T2T-ViT-19: performer T2T, 448 wide, 19 deep, 7 heads (39.2M params)."""
-    return _t2t(dict(embed_dim=448, depth=19, num_heads=7, mlp_ratio=3.0), overrides, "t2t_vit_19")
+    return _t2t(dict(embed_dim=448, depth=19, num_heads=7, mlp_ratio=3.0), head, overrides, "t2t_vit_19")
 
 
 @MODELS.register
-def t2t_vit_24(**overrides: Any) -> Classifier:
+def t2t_vit_24(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
     """T2T-ViT-24: performer T2T, 512 wide, 24 deep, 8 heads (64.1M params)."""
-    return _t2t(dict(embed_dim=512, depth=24, num_heads=8, mlp_ratio=3.0), overrides, "t2t_vit_24")
+    return _t2t(dict(embed_dim=512, depth=24, num_heads=8, mlp_ratio=3.0), head, overrides, "t2t_vit_24")
 
 
 @MODELS.register
-def t2t_vit_t_14(**overrides: Any) -> Classifier:
+def t2t_vit_t_14(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
     """T2T-ViT_t-14: transformer T2T, 384 wide, 14 deep, 6 heads (21.5M params)."""
     return _t2t(dict(embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.0, tokens_type="transformer"),
-                overrides, "t2t_vit_t_14")
+                head, overrides, "t2t_vit_t_14")
 
 
 @MODELS.register
-def t2t_vit_t_19(**overrides: Any) -> Classifier:
+def t2t_vit_t_19(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
     """T2T-ViT_t-19: transformer T2T, 448 wide, 19 deep, 7 heads (39.2M params)."""
     return _t2t(dict(embed_dim=448, depth=19, num_heads=7, mlp_ratio=3.0, tokens_type="transformer"),
-                overrides, "t2t_vit_t_19")
+                head, overrides, "t2t_vit_t_19")
 
 
 @MODELS.register
-def t2t_vit_t_24(**overrides: Any) -> Classifier:
+def t2t_vit_t_24(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
     """T2T-ViT_t-24: transformer T2T, 512 wide, 24 deep, 8 heads (64.1M params)."""
     return _t2t(dict(embed_dim=512, depth=24, num_heads=8, mlp_ratio=3.0, tokens_type="transformer"),
-                overrides, "t2t_vit_t_24")
+                head, overrides, "t2t_vit_t_24")
 
 
 @MODELS.register
-def t2t_vit_14_resnext(**overrides: Any) -> Classifier:
+def t2t_vit_14_resnext(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
     """T2T-ViT-14 with 32 heads of width 12 (the paper's ResNeXt-like variant; 21.5M params)."""
-    return _t2t(dict(embed_dim=384, depth=14, num_heads=32, mlp_ratio=3.0), overrides, "t2t_vit_14_resnext")
+    return _t2t(dict(embed_dim=384, depth=14, num_heads=32, mlp_ratio=3.0), head, overrides, "t2t_vit_14_resnext")
 
 
 @MODELS.register
-def t2t_vit_14_wide(**overrides: Any) -> Classifier:
+def t2t_vit_14_wide(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
     """T2T-ViT-14-wide: performer T2T, 768 wide, 4 deep, 12 heads (the paper's wide variant; 25.2M params)."""
-    return _t2t(dict(embed_dim=768, depth=4, num_heads=12, mlp_ratio=3.0), overrides, "t2t_vit_14_wide")
+    return _t2t(dict(embed_dim=768, depth=4, num_heads=12, mlp_ratio=3.0), head, overrides, "t2t_vit_14_wide")
