@@ -218,7 +218,8 @@ class RandAugmentWithLabel:
     sets ``translate_const = int(0.45 * img_size)`` (absolute TranslateX/Y), ``mean`` the fill
     colour, ``interpolation`` the geometric resampling ("random": bilinear or bicubic per op).
     ``ops`` replaces the config string's op list. ``label_geometry``: see the module docstring.
-    Must run on the whole image, before the random crop (as in the official pipeline).
+    With a token-label map it must run on the whole image, before the random crop (as in the
+    official pipeline); without one (plain labels, e.g. DeiT's timm order) anywhere.
     """
 
     def __init__(self, config_str: str = "rand-m9-mstd0.5-inc1", img_size: int = 224,
@@ -275,9 +276,10 @@ class RandAugmentWithLabel:
         return img.transform(img.size, Image.AFFINE, matrix, resample=resample, fillcolor=self.fill), matrix
 
     def __call__(self, sample: Sample, rng: random.Random) -> Sample:
-        if tuple(sample.get("crop", FULL_CROP)) != FULL_CROP:
-            raise ValueError("RandAugmentWithLabel must run on the whole image, before the random crop")
         img, label = as_pil(sample["img"]), sample.get("label")
+        if label is not None and tuple(sample.get("crop", FULL_CROP)) != FULL_CROP:
+            raise ValueError("with token labels RandAugmentWithLabel must run on the whole image, before the "
+                             "random crop")
         chain = []  # "exact": label matrices of the geometric ops, resampled once at the end
         for name in self.choose_ops(rng):
             args = self.op_args(name, rng)
