@@ -1,5 +1,6 @@
 """Training hooks; importing this package registers them."""
 from .checkpoint import CheckpointHook
+from .distillation import DistillationHook  # noqa: F401
 from .ema import EMAHook
 from .evaluate import EvaluateHook
 from .hook import Hook

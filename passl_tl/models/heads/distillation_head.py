@@ -1,6 +1,7 @@
 """DeiT's heads: a class head on the class token, a distillation head on the distillation token."""
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import paddle.nn as nn
@@ -19,7 +20,7 @@ def soft_distillation(logits: Tensor, teacher: Tensor, tau: float) -> Tensor:
     the classes and divided by ``B · K`` (the official DeiT normalisation, not a per-sample mean)."""
     log_student = F.log_softmax(logits / tau, axis=-1)
     log_teacher = F.log_softmax(teacher / tau, axis=-1)
-    return (log_teacher.exp() * (log_teacher - log_student)).sum() * (tau * tau) / logits.numel()
+    return (log_teacher.exp() * (log_teacher - log_student)).sum() * (tau * tau) / math.prod(logits.shape)
 
 
 @HEADS.register
