@@ -86,7 +86,7 @@ def test_gradients(ref, train_run):
     ours = official_key_map(names, model)
     for name in names:
         grad = train_run["grads"][ours[name]]
-        if name.endswith("head.weight") or name.endswith("head_dist.weight"):
+        if name.endswith(("head.weight", "head_dist.weight")):
             grad = grad.T  # Paddle Linear weight is [in, out]
         expected = ref[f"grad/{name}"]
         np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max(), err_msg=name)

@@ -1,5 +1,6 @@
 """DeiT's distillation loss (DistillationHead) against the official values and gradients, and the
-DistillationHook with real teachers (an official DeiT checkpoint, an LV-ViT saved as .pdparams).
+DistillationHook with real teachers (official DeiT and RegNetY checkpoints, an LV-ViT saved as
+.pdparams).
 
 Tolerances from the fixture README: losses atol 1e-5, logits atol 1e-5, gradients rtol 1e-4
 relative to each gradient's scale.
@@ -117,14 +118,17 @@ def fake_trainer(student, images, targets, step=0):
                            seed=0, rank=0, global_step=step, iter=step)
 
 
-def test_hook_with_an_official_deit_checkpoint_as_teacher():
-    """Teacher = the plain fixture DeiT loaded from its official .pth: the logits put in the target
-    are that model's recorded eval output."""
-    ref = load_npz("deit_tiny_d2.npz")
+@pytest.mark.parametrize("case, teacher_cfg", [
+    ("deit_tiny_d2", {"name": "deit_tiny_patch16_224", "depth": 2, "num_classes": 10}),
+    ("regnety_002_c10", {"name": "regnety_002", "num_classes": 10}),  # DeiT's teacher family
+])
+def test_hook_with_an_official_checkpoint_as_teacher(case, teacher_cfg):
+    """Teacher = a fixture model loaded from its official .pth: the logits put in the target are
+    that model's recorded eval output."""
+    ref = load_npz(f"{case}.npz")
     student = create_model("deit_tiny_distilled_patch16_224", depth=1, num_classes=10)
-    hook = HOOKS.build({"name": "DistillationHook", "weights": fixture_path("deit_tiny_d2.pth"),
-                        "teacher": {"name": "deit_tiny_patch16_224", "depth": 2, "num_classes": 10}})
-    soft = paddle.to_tensor(ref["loss/soft_target"])
+    hook = HOOKS.build({"name": "DistillationHook", "teacher": teacher_cfg, "weights": fixture_path(f"{case}.pth")})
+    soft = paddle.full([2, 10], 0.1)
     trainer = fake_trainer(student, paddle.to_tensor(ref["x"]), soft)
     hook.before_run(trainer)
     hook.before_train_iter(trainer)
@@ -231,6 +235,7 @@ def test_training_run_with_a_teacher(tmp_path):
         yaml.safe_dump(cfg, f)
     metrics = train.main(["-c", config])
     assert metrics["model/count"] == 20 and metrics["tracked"] == "ema"
-    log = open(os.path.join(cfg["output_dir"], "log.txt")).read()
+    with open(os.path.join(cfg["output_dir"], "log.txt")) as f:
+        log = f.read()
     assert "distillation teacher lvvit_tiny: loaded 36 tensors from teacher.pdparams" in log
     assert "ckpt_e0000_i000005.pdckpt" in os.listdir(cfg["output_dir"])
