@@ -163,7 +163,7 @@ class T2TViT(nn.Layer):
         self.embed_dim = embed_dim
         self.grid_size = tuple(_t2t_grid(size) for size in (height, width))
         if min(self.grid_size) < 1:
-            raise ConfigError(f"T2TViT needs images of at least 13 px a side, got img_size {img_size}")
+            raise ConfigError(f"T2TViT needs images of at least 3 px a side, got img_size {img_size}")
         self.tokens_to_token = TokensToToken(tokens_type, in_chans, embed_dim, token_dim)
         num_positions = 1 + self.grid_size[0] * self.grid_size[1]
         self.cls_token = self.create_parameter([1, 1, embed_dim])
