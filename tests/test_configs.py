@@ -67,17 +67,6 @@ def test_config_states_the_official_recipe(name):
     assert "mixup" not in hooks  # the official LV-ViT recipe uses no Mixup/CutMix
 
 
-@pytest.mark.parametrize("name", sorted(OFFICIAL) + ["lvvit_demo"])
-def test_config_names_registered_components(name):
-    cfg = load(name)
-    assert cfg["model"]["name"] in MODELS and cfg["optimizer"]["name"] in OPTIMIZERS
-    assert cfg["lr_scheduler"]["name"] in LR_SCHEDULERS and cfg["data"]["target"]["name"] in TRANSFORMS
-    for split in ("train", "val"):
-        assert cfg["data"][split]["name"] in DATASETS
-        assert all(t["name"] in TRANSFORMS for t in cfg["data"][split]["transforms"])
-    assert all(h["name"] in HOOKS for h in cfg["hooks"].values() if h)
-
-
 def test_small_config_builds_its_model_and_transforms():
     from passl_tl import build_model
     from passl_tl.datasets.imagenet_token_label import build_transforms
@@ -94,3 +83,79 @@ def test_loss_switches_reach_the_head():
     cfg = load_config(path, ["model.ground_truth=true", "model.dense_weight=0.5", "model.cls_weight=2.0"], DEFAULTS)
     head = build_model(cfg).head
     assert (head.ground_truth, head.dense_weight, head.cls_weight) == (True, 0.5, 2.0)
+
+
+def load_family(family, name):
+    return load_config(os.path.join(REPO_ROOT, "configs", family, f"{name}.yaml"), [], DEFAULTS)
+
+
+TIMM_ORDER = ["RandomResizedCropWithCoords", "RandomHorizontalFlipWithLabel", "RandAugmentWithLabel", "Normalize",
+              "RandomErasing"]
+# config: (preset, lr, weight decay, batch per GPU, warmup, cooldown, crop interpolation, eval crop_pct)
+OFFICIAL_PLAIN = {
+    ("deit", "deit_tiny"): ("deit_tiny_patch16_224", 1e-3, 0.05, 128, 5, 0, "bicubic", 0.875),
+    ("deit", "deit_small"): ("deit_small_patch16_224", 1e-3, 0.05, 128, 5, 0, "bicubic", 0.875),
+    ("deit", "deit_base"): ("deit_base_patch16_224", 1e-3, 0.05, 128, 5, 0, "bicubic", 0.875),
+    ("deit", "deit_tiny_distilled"): ("deit_tiny_distilled_patch16_224", 1e-3, 0.05, 128, 5, 0, "bicubic", 0.875),
+    ("deit", "deit_small_distilled"): ("deit_small_distilled_patch16_224", 1e-3, 0.05, 128, 5, 0, "bicubic", 0.875),
+    ("deit", "deit_base_distilled"): ("deit_base_distilled_patch16_224", 1e-3, 0.05, 128, 5, 0, "bicubic", 0.875),
+    ("t2t_vit", "t2t_vit_7"): ("t2t_vit_7", 1e-3, 0.03, 64, 10, 10, "random", 0.9),
+    ("t2t_vit", "t2t_vit_14"): ("t2t_vit_14", 5e-4, 0.05, 64, 10, 10, "random", 0.9),
+    ("t2t_vit", "t2t_vit_24"): ("t2t_vit_24", 5e-4, 0.065, 64, 10, 10, "random", 0.9),
+}
+
+
+@pytest.mark.parametrize("family, name", sorted(OFFICIAL_PLAIN))
+def test_deit_and_t2t_configs_state_their_official_recipes(family, name):
+    preset, lr, wd, batch, warmup, cooldown, interpolation, crop_pct = OFFICIAL_PLAIN[(family, name)]
+    cfg = load_family(family, name)
+    model, data, sched, hooks = cfg["model"], cfg["data"], cfg["lr_scheduler"], cfg["hooks"]
+    assert (model["name"], model["num_classes"], model["drop_path_rate"]) == (preset, 1000, 0.1)
+    assert (cfg["optimizer"]["lr"], cfg["optimizer"]["weight_decay"], data["batch_size"]) == (lr, wd, batch)
+    assert (cfg["epochs"], sched["warmup_epochs"], sched["cooldown_epochs"]) == (300, warmup, cooldown)
+    assert (sched["warmup_lr"], sched["min_lr"]) == (1e-6, 1e-5)
+    assert data["repeated_augmentation"] == (3 if family == "deit" else 1)
+    transforms = data["train"]["transforms"]
+    assert [t["name"] for t in transforms] == TIMM_ORDER and "label_root" not in data["train"]
+    assert transforms[0]["interpolation"] == interpolation and transforms[2]["config_str"] == "rand-m9-mstd0.5-inc1"
+    assert transforms[4] == {"name": "RandomErasing", "prob": 0.25, "mode": "pixel", "max_count": 1}
+    assert data["val"]["transforms"][0]["crop_pct"] == crop_pct
+    assert data["target"] == {"name": "SoftTargets", "num_classes": 1000, "smoothing": 0.1}
+    mixup = hooks["mixup"]
+    assert (mixup["mixup_alpha"], mixup["cutmix_alpha"], mixup["prob"], mixup["switch_prob"]) == (0.8, 1.0, 1.0, 0.5)
+    assert hooks["ema"]["decay"] == 0.99996 and "mixtoken" not in hooks
+    if "distilled" in name:
+        assert (model["distillation_type"], model["alpha"], model["tau"]) == ("hard", 0.5, 1.0)
+        assert hooks["distillation"]["teacher"] == {"name": "regnety_160", "num_classes": 1000}
+
+
+@pytest.mark.parametrize("family, name", [("deit", "deit_small_token_label"), ("t2t_vit", "t2t_vit_14_token_label")])
+def test_token_labeling_on_other_families(family, name):
+    """DeiT-S and T2T-ViT-14 with the LV-ViT token-labeling recipe: token-label head, MixToken,
+    NFNet-F6 labels at 14 x 14 (their patch tokens form a 14 x 14 grid at 224)."""
+    import paddle
+
+    from passl_tl import build_model
+    cfg = load_family(family, name)
+    assert cfg["data"]["train"]["label_root"] == "data/label_top5_train_nfnet"
+    assert cfg["data"]["target"]["label_size"] == 14 and cfg["hooks"]["mixtoken"]["alpha"] == 1.0
+    with paddle.LazyGuard():
+        model = build_model(cfg)
+    assert type(model.head).__name__ == "TokenLabelHead" and tuple(model.grid_size) == (14, 14)
+
+
+@pytest.mark.parametrize("path", sorted(
+    os.path.relpath(os.path.join(d, f), os.path.join(REPO_ROOT, "configs"))
+    for d, _, files in os.walk(os.path.join(REPO_ROOT, "configs")) if "_base_" not in d
+    for f in files if f.endswith(".yaml")))
+def test_every_config_names_registered_components(path):
+    cfg = load_config(os.path.join(REPO_ROOT, "configs", path), [], DEFAULTS)
+    model = cfg["model"]
+    assert model["name"] in MODELS and cfg["optimizer"]["name"] in OPTIMIZERS
+    assert cfg["lr_scheduler"]["name"] in LR_SCHEDULERS and cfg["data"]["target"]["name"] in TRANSFORMS
+    for split in ("train", "val"):
+        assert cfg["data"][split]["name"] in DATASETS
+        assert all(t["name"] in TRANSFORMS for t in cfg["data"][split]["transforms"])
+    assert all(h["name"] in HOOKS for h in cfg["hooks"].values() if h)
+    if "distillation" in cfg["hooks"]:
+        assert cfg["hooks"]["distillation"]["teacher"]["name"] in MODELS
