@@ -226,3 +226,41 @@ def test_argument_errors(tmp_path):
         convert(tmp_path, fixture_path("lvvit_t_d2.pth"), "-o", "depth.x=2")
     with pytest.raises(ConfigError, match="unknown key 'depht' for model 'lvvit_tiny'"):
         convert(tmp_path, fixture_path("lvvit_t_d2.pth"), "--model", "lvvit_tiny", "-o", "depht=2")
+
+
+# (fixture, official layout, preset, -o overrides): DeiT {'model': sd}, T2T-ViT {'state_dict_ema': sd},
+# the RegNetY teacher a plain state dict; the fixtures' constructors used reduced depth/num_classes.
+OTHER_FAMILIES = [
+    ("deit_tiny_distilled_d2", "torch checkpoint['model']", "deit_tiny_distilled_patch16_224", {"depth": 2}),
+    ("deit_tiny_d2", "torch checkpoint['model']", "deit_tiny_patch16_224", {"depth": 2}),
+    ("t2t_vit_t14_d1", "torch checkpoint['state_dict_ema']", "t2t_vit_t_14", {"depth": 1}),
+    ("regnety_002_c10", "plain torch state dict", "regnety_002", {}),
+]
+
+
+@pytest.mark.parametrize("case, layout, preset, overrides", OTHER_FAMILIES)
+def test_other_families_convert_to_the_official_logits(tmp_path, capsys, case, layout, preset, overrides):
+    """DeiT, T2T-ViT and RegNetY official checkpoints: the preset is inferred from the shapes
+    (num_classes from the head, img_size from pos_embed), and the converted weights give the
+    official eval logits."""
+    ref = load_npz(f"{case}.npz")
+    texts = [f"{k}={v}" for k, v in overrides.items()]
+    dst = convert(tmp_path, fixture_path(f"{case}.pth"), *(["-o", *texts] if texts else []))
+    lines = capsys.readouterr().out.splitlines()
+    assert layout in lines[0] and lines[1].startswith(f"model: {preset}(")
+    model = create_model(preset, num_classes=10, **overrides)
+    load_weights(model, dst)
+    model.eval()
+    np.testing.assert_allclose(model(paddle.to_tensor(ref["x"])).numpy(), ref["eval/out"], atol=1e-5)
+
+
+def test_presets_that_differ_only_in_depth_need_model(tmp_path):
+    """T2T-ViT-7/10/12 share their width: with the depth overridden the shapes cannot tell them apart."""
+    src = fixture_path("t2t_vit_7_d2.pth")
+    with pytest.raises(ConfigError, match=r"matches several presets \(t2t_vit_10, t2t_vit_12, t2t_vit_7\)"):
+        convert(tmp_path, src, "-o", "depth=2")
+    ref = load_npz("t2t_vit_7_d2.npz")
+    model = create_model("t2t_vit_7", num_classes=10, depth=2)
+    load_weights(model, convert(tmp_path, src, "--model", "t2t_vit_7", "-o", "depth=2"))
+    model.eval()
+    np.testing.assert_allclose(model(paddle.to_tensor(ref["x"])).numpy(), ref["eval/out"], atol=1e-5)

@@ -38,17 +38,24 @@ def _lazy_cached(name: str, arguments: str) -> nn.Layer:
 
 
 def _shallow(name: str, arguments: Mapping[str, Any]) -> tuple[nn.Layer, bool]:
-    """The preset with a single block where it takes ``depth`` (cheap), and whether that is the whole model."""
+    """The preset with a single transformer block where its backbone has ``blocks`` and takes
+    ``depth`` (cheap), else whole; and whether it is the whole model."""
     try:
-        return _lazy(name, {**arguments, "depth": 1}), False
+        model = _lazy(name, {**arguments, "depth": 1})
+        if hasattr(model.backbone, "blocks"):
+            return model, False
     except ConfigError:
-        return _lazy(name, arguments), True
+        pass
+    return _lazy(name, arguments), True
 
 
 def preset_arguments(name: str, state: Mapping[str, np.ndarray], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The arguments of preset ``name`` that the checkpoint determines: ``num_classes`` (from the
     head's classifier) and ``img_size`` (from a square ``pos_embed`` grid), unless overridden."""
-    probe, _ = _shallow(name, {**overrides, "img_size": overrides.get("img_size", PROBE_SIZE)})
+    try:
+        probe, _ = _shallow(name, {**overrides, "img_size": overrides.get("img_size", PROBE_SIZE)})
+    except ConfigError:  # a CNN takes any image size
+        probe, _ = _shallow(name, overrides)
     arguments: dict[str, Any] = {}
     for official, ours in getattr(probe.head, "OFFICIAL_NAMES", {}).items():
         if ours in CLASSIFIER_LAYERS and f"{official}.weight" in state:
