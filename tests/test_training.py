@@ -165,6 +165,30 @@ def test_finetune_at_higher_resolution_on_other_classes(full_run, tmp_path):
     assert "head.cls_head.weight" in log and metrics["model/count"] == 15
 
 
+@pytest.mark.parametrize("backbone", [
+    "{name: DeiT, embed_dim: 48, depth: 2, num_heads: 2, img_size: 64, patch_size: 8, drop_path_rate: 0.1}",
+    "{name: T2TViT, embed_dim: 48, depth: 2, num_heads: 2, img_size: 64, tokens_type: transformer,"
+    " drop_path_rate: 0.1}",
+])
+def test_token_labeling_trains_deit_and_t2t(full_run, tmp_path, backbone):
+    """The token-label head, MixToken and the token-label data unchanged on other ViT families."""
+    data_root, _, _ = full_run
+    config = tmp_path / "tl.yaml"
+    config.write_text(f"""_base_: {DEMO_CONFIG}
+model:
+  _delete_: true
+  name: Classifier
+  backbone: {backbone}
+  head: {{name: TokenLabelHead, num_classes: 10}}
+""")
+    grid = 8 if "DeiT" in backbone else 4  # DeiT: patch 8; T2T: its soft splits stride 16
+    out = str(tmp_path / "out")
+    overrides = [o for o in small_run_overrides(data_root, out, epochs=1) if not o.startswith("model.")]
+    metrics = train.main(["-c", str(config), "-o", *overrides, f"data.target.label_size={grid}"])
+    log = open(os.path.join(out, "log.txt")).read()
+    assert metrics["model/count"] == 30 and "epoch 0 [5/5]" in log
+
+
 def launch(args, log_dir, timeout=600):
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", log_dir,
            os.path.join(REPO_ROOT, "tools", "train.py"), *args]
