@@ -28,3 +28,25 @@ def fixture_path(name: str) -> str:
 def load_npz(name: str) -> dict:
     with np.load(fixture_path(name)) as data:
         return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="module")
+def ref(case):
+    """The reference arrays of the module's parametrized fixture ``case``."""
+    return load_npz(f"{case}.npz")
+
+
+def capture(layer, pre: bool = False):
+    """Record a layer's output (or, with ``pre``, its first input) at its next forward;
+    returns the dict that will hold it under ``"value"`` and the hook handle."""
+    seen = {}
+
+    def keep(_, inputs, output=None):
+        seen["value"] = (inputs[0] if pre else output).numpy()
+
+    handle = layer.register_forward_pre_hook(keep) if pre else layer.register_forward_post_hook(keep)
+    return seen, handle
+
+
+def close(actual, expected, atol: float = 1e-5) -> None:
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=atol)

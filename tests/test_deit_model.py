@@ -9,7 +9,7 @@ import json
 import numpy as np
 import paddle
 import pytest
-from conftest import fixture_path, load_npz
+from conftest import close, fixture_path, load_npz
 
 from passl_tl.engine.hooks.mixup import paste_box
 from passl_tl.models import create_model, load_weights
@@ -26,10 +26,6 @@ def case(request):
     return request.param
 
 
-@pytest.fixture(scope="module")
-def ref(case):
-    return load_npz(f"{case}.npz")
-
 
 def fresh_model(case):
     model = create_model(CASES[case], depth=2, num_classes=10)
@@ -37,8 +33,6 @@ def fresh_model(case):
     return model
 
 
-def close(actual, expected, atol=1e-5):
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=atol)
 
 
 def test_eval_output(case, ref):

@@ -6,7 +6,7 @@ atol 1e-6, gradients rtol 1e-4 (stem conv1/bn1: 2e-3, the least precise in the r
 import numpy as np
 import paddle
 import pytest
-from conftest import fixture_path, load_npz
+from conftest import capture, close, fixture_path
 
 from passl_tl.models import create_model, load_weights
 from passl_tl.models.heads import TokenLabelHead
@@ -27,10 +27,6 @@ def case(request):
     return request.param
 
 
-@pytest.fixture(scope="module")
-def ref(case):
-    return load_npz(f"{case}.npz")
-
 
 def fresh_model(case):
     model = create_model("lvvit_tiny", **CASES[case])
@@ -42,19 +38,8 @@ def box_of(ref, group):
     return tuple(int(v) for v in ref[f"{group}/bbox"])
 
 
-def capture(layer, pre=False):
-    """Record a layer's output (or, with ``pre``, its first input) at the next forward."""
-    seen = {}
-
-    def keep(_, inputs, output=None):
-        seen["value"] = (inputs[0] if pre else output).numpy()
-
-    handle = layer.register_forward_pre_hook(keep) if pre else layer.register_forward_post_hook(keep)
-    return seen, handle
 
 
-def close(actual, expected, atol=1e-5):
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=atol)
 
 
 def test_eval_outputs(case, ref):

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import paddle
 import pytest
-from conftest import fixture_path, load_npz
+from conftest import capture, close, fixture_path, load_npz
 
 from passl_tl.engine.optimizers import AdamW, decay_parameter_names
 from passl_tl.models import build_model, create_model, load_weights
@@ -27,10 +27,6 @@ def case(request):
     return request.param
 
 
-@pytest.fixture(scope="module")
-def ref(case):
-    return load_npz(f"{case}.npz")
-
 
 def build(case, seed=0):
     paddle.seed(seed)
@@ -45,19 +41,8 @@ def fresh_model(case, seed=0):
     return model
 
 
-def capture(layer, pre=False):
-    """Record a layer's output (or, with ``pre``, its first input) at the next forward."""
-    seen = {}
-
-    def keep(_, inputs, output=None):
-        seen["value"] = (inputs[0] if pre else output).numpy()
-
-    handle = layer.register_forward_pre_hook(keep) if pre else layer.register_forward_post_hook(keep)
-    return seen, handle
 
 
-def close(actual, expected, atol=1e-5):
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=atol)
 
 
 def test_eval_outputs(case, ref):

@@ -198,6 +198,18 @@ def flip_box(x: Tensor, box: Sequence[int] | None, row_axis: int) -> Tensor:
     return _replace_span(x, row_axis, x1, x2, _replace_span(band, col_axis, y1, y2, inside))
 
 
+def tokens_with_prefix(patches: Tensor, grid_size: Sequence[int], prefix: Sequence[Tensor], pos_embed: Tensor,
+                       mix_box: Sequence[int] | None = None) -> Tensor:
+    """Patch tokens ``[B, N, D]`` (row-major over ``grid_size``) → ``[B, P + N, D]``: the MixToken box
+    swapped on the grid, the ``P`` prefix tokens (cls, DeiT's dist) in front, ``pos_embed`` added."""
+    B, N, D = patches.shape
+    rows, cols = grid_size
+    if N != rows * cols:
+        raise ValueError(f"these images give {N} patch tokens, the model was built for a {rows}x{cols} token grid")
+    x = flip_box(patches.reshape([B, rows, cols, D]), mix_box, row_axis=1).reshape([B, N, D])
+    return paddle.concat([*(t.expand([B, -1, -1]) for t in prefix), x], axis=1) + pos_embed
+
+
 def _replace_span(x: Tensor, axis: int, start: int, stop: int, middle: Tensor) -> Tensor:
     """``x`` with indices start:stop along ``axis`` replaced by ``middle``."""
     before = paddle.slice(x, [axis], [0], [start])

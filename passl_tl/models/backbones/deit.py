@@ -9,13 +9,12 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import paddle
 import paddle.nn as nn
 from paddle import Tensor
 
 from ...utils.registry import BACKBONES, MODELS, ConfigError
 from ..classifier import Classifier, build_preset
-from ..layers import Block, flip_box, init_vit_weights, trunc_normal_
+from ..layers import Block, init_vit_weights, tokens_with_prefix, trunc_normal_
 
 
 class PatchEmbed(nn.Layer):
@@ -73,13 +72,9 @@ class DeiT(nn.Layer):
         return {"pos_embed", "cls_token"}
 
     def forward(self, x: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:
-        x = self.patch_embed(x)
-        if tuple(x.shape[2:]) != self.grid_size:
-            raise ValueError(f"these images give a {tuple(x.shape[2:])} token grid, "
-                             f"the model was built for {self.grid_size}")
-        x = flip_box(x, mix_box, row_axis=2).flatten(2).transpose([0, 2, 1])
-        prefix = [t.expand([x.shape[0], -1, -1]) for t in (self.cls_token, self.dist_token) if t is not None]
-        x = self.pos_drop(paddle.concat([*prefix, x], axis=1) + self.pos_embed)
+        patches = self.patch_embed(x).flatten(2).transpose([0, 2, 1])
+        prefix = [t for t in (self.cls_token, self.dist_token) if t is not None]
+        x = self.pos_drop(tokens_with_prefix(patches, self.grid_size, prefix, self.pos_embed, mix_box))
         for block in self.blocks:
             x = block(x)
         return self.norm(x)

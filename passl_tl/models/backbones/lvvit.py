@@ -9,14 +9,13 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle import Tensor
 
 from ...utils.registry import BACKBONES, MODELS, ConfigError
 from ..classifier import Classifier, build_preset
-from ..layers import Block, TorchBatchNorm2D, flip_box, init_vit_weights, trunc_normal_
+from ..layers import Block, TorchBatchNorm2D, init_vit_weights, tokens_with_prefix, trunc_normal_
 
 
 class ConvStem(nn.Layer):
@@ -78,14 +77,8 @@ class LVViT(nn.Layer):
         return {"pos_embed", "cls_token"}
 
     def forward(self, x: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:
-        x = self.patch_embed(x)
-        if tuple(x.shape[2:]) != self.grid_size:
-            raise ValueError(f"these images give a {tuple(x.shape[2:])} token grid, "
-                             f"the model was built for {self.grid_size}")
-        x = flip_box(x, mix_box, row_axis=2)
-        x = x.flatten(2).transpose([0, 2, 1])
-        x = paddle.concat([self.cls_token.expand([x.shape[0], -1, -1]), x], axis=1) + self.pos_embed
-        x = self.pos_drop(x)
+        patches = self.patch_embed(x).flatten(2).transpose([0, 2, 1])
+        x = self.pos_drop(tokens_with_prefix(patches, self.grid_size, [self.cls_token], self.pos_embed, mix_box))
         for block in self.blocks:
             x = block(x)
         return self.norm(x)

@@ -19,7 +19,7 @@ from paddle import Tensor
 
 from ...utils.registry import BACKBONES, MODELS, ConfigError
 from ..classifier import Classifier, build_preset
-from ..layers import Attention, Block, Mlp, flip_box, init_vit_weights, trunc_normal_
+from ..layers import Attention, Block, Mlp, init_vit_weights, tokens_with_prefix, trunc_normal_
 
 # (kernel, stride, padding) of the three soft splits: 224 px -> 56 -> 28 -> 14 tokens a side.
 SOFT_SPLITS = ((7, 4, 2), (3, 2, 1), (3, 2, 1))
@@ -184,12 +184,7 @@ class T2TViT(nn.Layer):
         return {"cls_token"} | {name for name, param in self.named_parameters() if param.stop_gradient}
 
     def forward(self, x: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:
-        x = self.tokens_to_token(x)
-        B, N, D = x.shape
-        if N != self.grid_size[0] * self.grid_size[1]:
-            raise ValueError(f"these images give {N} tokens, the model was built for a {self.grid_size} grid")
-        x = flip_box(x.reshape([B, *self.grid_size, D]), mix_box, row_axis=1).reshape([B, N, D])
-        x = paddle.concat([self.cls_token.expand([B, -1, -1]), x], axis=1) + self.pos_embed
+        x = tokens_with_prefix(self.tokens_to_token(x), self.grid_size, [self.cls_token], self.pos_embed, mix_box)
         x = self.pos_drop(x)
         for block in self.blocks:
             x = block(x)
