@@ -104,3 +104,15 @@ def test_error_inside_a_component_names_where_it_was_configured():
 
     with pytest.raises(ConfigError, match=r"'dpr'.*\(in model of cfg\.yaml\)"):
         reg.build({"name": "Preset", "dpr": 0.1}, "model of cfg.yaml")
+
+
+def test_registry_build_names_a_missing_key():
+    reg = Registry("thing")
+
+    @reg.register
+    def Hooky(teacher: dict, weights: str, alpha: float = 0.5):
+        return weights
+
+    with pytest.raises(ConfigError, match=r"missing key 'weights' in hooks.distillation of x.yaml"):
+        reg.build({"name": "Hooky", "teacher": {}}, "hooks.distillation of x.yaml")
+    assert reg.build({"name": "Hooky", "teacher": {}}, weights="w.pth") == "w.pth"  # supplied by the caller

@@ -124,6 +124,8 @@ def test_deit_and_t2t_configs_state_their_official_recipes(family, name):
     mixup = hooks["mixup"]
     assert (mixup["mixup_alpha"], mixup["cutmix_alpha"], mixup["prob"], mixup["switch_prob"]) == (0.8, 1.0, 1.0, 0.5)
     assert hooks["ema"]["decay"] == 0.99996 and "mixtoken" not in hooks
+    # DeiT reports (and keeps as best) its raw model, T2T-ViT its EMA
+    assert hooks["evaluate"].get("track", "ema") == ("model" if family == "deit" else "ema")
     if "distilled" in name:
         assert (model["distillation_type"], model["alpha"], model["tau"]) == ("hard", 0.5, 1.0)
         assert hooks["distillation"]["teacher"] == {"name": "regnety_160", "num_classes": 1000}

@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO_ROOT, fixture_path, load_npz
 
 from passl_tl.models import create_model, load_weights, preset_inference
+from passl_tl.models.weights import linear_weight_names
 from passl_tl.utils.registry import ConfigError
 from passl_tl.utils.torch_checkpoint import load_torch_file
 
@@ -264,3 +265,27 @@ def test_presets_that_differ_only_in_depth_need_model(tmp_path):
     load_weights(model, convert(tmp_path, src, "--model", "t2t_vit_7", "-o", "depth=2"))
     model.eval()
     np.testing.assert_allclose(model(paddle.to_tensor(ref["x"])).numpy(), ref["eval/out"], atol=1e-5)
+
+
+def test_deit_base_checkpoint_picks_the_preset_of_its_size():
+    """Full-size DeiT-B states (shapes only): 224 and 384 presets both fit once img_size is read
+    from pos_embed; the preset named after that size is chosen."""
+    import paddle as pd
+    for preset in ("deit_base_patch16_224", "deit_base_distilled_patch16_384"):
+        with pd.LazyGuard():
+            model = create_model(preset)
+        linear = linear_weight_names(model)
+        shape = {k: list(v.shape)[::-1] if k in linear else list(v.shape) for k, v in model.state_dict().items()}
+        state = {official: np.broadcast_to(np.float32(0), shape[ours])
+                 for official, ours in _official_names(model).items()}
+        assert preset_inference.choose_preset(state, {}, "x.pth") == preset
+
+
+def _official_names(model):
+    """Our state-dict keys under their official names (the inverse of the conversion's renaming)."""
+    heads = {f"head.{ours}": official for official, ours in model.head.OFFICIAL_NAMES.items()}
+    names = {}
+    for key in model.state_dict():
+        prefix = next((p for p in heads if key.startswith(p + ".")), None)
+        names[heads[prefix] + key[len(prefix):] if prefix else key[len("backbone."):]] = key
+    return names

@@ -71,7 +71,7 @@ def test_soft_distillation_term_is_not_lost(ref, variant):
                                rtol=0, atol=2e-5)
 
 
-def test_plain_deit_loss_none():
+def test_distillation_type_none_is_the_plain_deit_loss():
     ref = load_npz("deit_tiny_d2.npz")
     x_cls = paddle.to_tensor(ref["train/x_cls"], stop_gradient=False)
     head = DistillationHead(8, 10, distillation_type="none")
@@ -207,6 +207,10 @@ def test_hook_errors(lvvit_teacher, tmp_path):
     plain = create_model("deit_tiny_patch16_224", embed_dim=48, depth=1, img_size=32, patch_size=8, num_classes=5)
     with pytest.raises(ConfigError, match="DistillationHead"):
         DistillationHook(teacher_cfg, path).before_run(fake_trainer(plain, None, None))
+    unused = small_student()
+    unused.head.distillation_type = "none"
+    with pytest.raises(ConfigError, match="teacher would be unused"):
+        DistillationHook(teacher_cfg, path).before_run(fake_trainer(unused, None, None))
 
 
 def test_training_run_with_a_teacher(tmp_path):

@@ -226,3 +226,29 @@ def test_repeated_augmentation_spreads_copies_over_processes():
     single = ShardedBatchSampler(n, 5, shuffle=True, drop_last=True, seed=0, pad=True, repeats=3)
     single.num_replicas, single.rank = 1, 0
     assert sorted(i for batch in single for i in batch) == list(range(n))  # one process: plain sampling
+
+
+def test_cnn_backbones_refuse_token_features_clearly():
+    """RegNet has no token grid: MixToken and token-label targets are config errors naming it."""
+    from types import SimpleNamespace
+
+    from passl_tl.engine.data import check_data_matches_model
+    from passl_tl.engine.hooks.mixtoken import MixTokenHook
+    from passl_tl.models import create_model
+    from passl_tl.utils.registry import ConfigError
+    with paddle.LazyGuard():
+        cnn = create_model("regnety_002", num_classes=10)
+    with pytest.raises(ConfigError, match="MixToken needs a backbone with a token grid; RegNet"):
+        MixTokenHook().before_run(SimpleNamespace(grid_size=cnn.grid_size, model_without_ddp=cnn))
+    with pytest.raises(ConfigError, match="label_size=14 needs a backbone with a token grid; RegNet"):
+        check_data_matches_model(cnn, None, None, {"num_classes": 10, "label_size": 14}, "x.yaml")
+
+
+def test_sampler_and_evaluate_hook_arguments_are_checked():
+    from passl_tl.engine.hooks.evaluate import EvaluateHook
+    from passl_tl.utils.registry import ConfigError
+    for bad in (0, -3, 1.5):
+        with pytest.raises(ConfigError, match="repeated_augmentation"):
+            ShardedBatchSampler(10, 2, True, True, repeats=bad)
+    with pytest.raises(ConfigError, match="track"):
+        EvaluateHook(track="best")

@@ -7,8 +7,8 @@ from conftest import load_npz
 from PIL import Image
 
 from passl_tl.datasets.token_label import make_token_targets, pack_label_sample
-from passl_tl.datasets.transforms import (IMAGENET_MEAN, draw_filter, IMAGENET_STD, Normalize, RandomHorizontalFlipWithLabel,
-                                          RandomResizedCropWithCoords, ResizeCropPct)
+from passl_tl.datasets.transforms import (IMAGENET_MEAN, IMAGENET_STD, Normalize, RandomHorizontalFlipWithLabel,
+                                          RandomResizedCropWithCoords, ResizeCropPct, draw_filter)
 from passl_tl.utils.registry import TRANSFORMS
 
 

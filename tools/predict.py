@@ -27,7 +27,8 @@ from passl_tl.utils.cli import add_config_arguments, run_tool
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", help="an image file or a directory of images")
-    add_config_arguments(parser, required=False, config_help="YAML config (with --load): predict with the dygraph model")
+    add_config_arguments(parser, required=False,
+                         config_help="YAML config (with --load): predict with the dygraph model")
     parser.add_argument("--load", help="weights for -c: .pdparams or an official .pth/.pth.tar/.pt")
     parser.add_argument("--inference-model", metavar="DIR", help="directory written by tools/export_model.py")
     parser.add_argument("--topk", type=int, default=5, help="classes to print per image (default 5)")

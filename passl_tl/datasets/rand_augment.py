@@ -23,7 +23,9 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from ..utils.registry import TRANSFORMS, ConfigError
-from .label_geometry import Matrix, affine_label, label_matrix, rotate_label, rotate_matrix, shear_x_label, shear_x_matrix, shear_y_label, shear_y_matrix, translate_x_matrix, translate_x_rel_label, translate_x_rel_matrix, translate_y_matrix, translate_y_rel_label, translate_y_rel_matrix
+from .label_geometry import (Matrix, affine_label, label_matrix, rotate_label, rotate_matrix, shear_x_label,
+                             shear_x_matrix, shear_y_label, shear_y_matrix, translate_x_matrix, translate_x_rel_label,
+                             translate_x_rel_matrix, translate_y_matrix, translate_y_rel_label, translate_y_rel_matrix)
 from .transforms import FULL_CROP, IMAGENET_MEAN, Sample, as_pil, draw_filter, resample_filters
 
 MAX_LEVEL = 10.0

@@ -9,6 +9,7 @@ import paddle
 
 from .. import datasets  # noqa: F401  (registers the datasets and transforms)
 from ..utils.dist import rank, world_size
+from ..utils.logger import get_logger
 from ..utils.registry import DATASETS, TRANSFORMS, ConfigError, accepted_arguments
 
 
@@ -29,6 +30,8 @@ class ShardedBatchSampler(paddle.io.BatchSampler):
 
     def __init__(self, num_samples: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0,
                  pad: bool = True, repeats: int = 1):
+        if not isinstance(repeats, int) or repeats < 1:
+            raise ConfigError(f"data.repeated_augmentation must be an integer >= 1, got {repeats!r}")
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -80,6 +83,9 @@ def build_loader(dataset: paddle.io.Dataset, batch_size: int, num_workers: int, 
                  repeats: int = 1) -> paddle.io.DataLoader:
     sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle=train, drop_last=train, seed=seed, pad=train,
                                   repeats=repeats)
+    if repeats > 1 and world_size() == 1:
+        get_logger().info(f"repeated augmentation x{repeats} acts with several processes: this single "
+                          f"process samples each image once per epoch")
     if train and len(sampler) == 0:
         raise ValueError(f"the training set has {len(dataset)} images, fewer than one batch of "
                          f"{batch_size} per process x {world_size()} processes")
@@ -115,6 +121,9 @@ def check_data_matches_model(model: paddle.nn.Layer, train_set: Any, val_set: An
             raise ConfigError(f"data.target.num_classes={target['num_classes']} but the model has "
                               f"num_classes={num_classes} in {source}")
         size, grid = target.get("label_size", 1), tuple(getattr(model, "grid_size", None) or ())
-        if size > 1 and grid and grid != (size, size):
+        if size > 1 and not grid:
+            raise ConfigError(f"data.target.label_size={size} needs a backbone with a token grid; "
+                              f"{type(model.backbone).__name__} has none in {source}")
+        if size > 1 and grid != (size, size):
             raise ConfigError(f"data.target.label_size={size} gives a {size}x{size} token-label grid but the "
                               f"model's token grid is {grid[0]}x{grid[1]} in {source}")

@@ -27,7 +27,7 @@ class Classifier(nn.Layer):
         return self.head.num_classes
 
     @property
-    def grid_size(self) -> tuple[int, int]:
+    def grid_size(self) -> tuple[int, int] | None:
         """The backbone's token grid (rows, cols), on which MixToken boxes are drawn."""
         return self.backbone.grid_size
 

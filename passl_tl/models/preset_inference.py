@@ -110,8 +110,13 @@ def describe(state: Mapping[str, np.ndarray]) -> str:
 
 
 def choose_preset(state: Mapping[str, np.ndarray], overrides: Mapping[str, Any], src: str) -> str:
-    """The single preset matching the checkpoint, else an error asking for ``--model``."""
+    """The single preset matching the checkpoint, else an error asking for ``--model``. Presets
+    that differ only in their default image size (``deit_base_patch16_224`` / ``_384``) build the
+    same model once ``img_size`` is read from the checkpoint: the one named after that size wins."""
     found = matching_presets(state, overrides)
+    if len(found) > 1:
+        sized = [n for n in found if n.endswith(f"_{preset_arguments(n, state, overrides).get('img_size')}")]
+        found = sized if len(sized) == 1 else found
     if len(found) != 1:
         what = f"matches several presets ({', '.join(found)})" if found else "matches no registered preset"
         raise ConfigError(f"{src} ({describe(state)}) {what}; choose one with --model NAME "

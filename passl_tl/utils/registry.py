@@ -44,13 +44,13 @@ class Registry:
         """Build the component named by ``cfg['name']`` with the other keys as arguments.
 
         ``extra`` are arguments supplied by the caller (not the config); config keys win.
-        Unknown keys are an error naming the key, ``where`` and the accepted keys.
+        Unknown and missing keys are errors naming the key, ``where`` and the accepted keys.
         """
         if not isinstance(cfg, Mapping) or "name" not in cfg:
             raise ConfigError(f"{self.kind} config{_at(where)} must be a mapping with a 'name' key, got {cfg!r}")
         kwargs = dict(cfg)
         target = self.get(kwargs.pop("name"), where)
-        check_arguments(target, kwargs, where or self.kind)
+        check_arguments(target, kwargs, where or self.kind, supplied=extra)
         try:
             return target(**{**extra, **kwargs})
         except ConfigError as e:
@@ -71,15 +71,23 @@ def accepted_arguments(target: Callable) -> tuple[list[str], bool]:
     return names, var_kw
 
 
-def check_arguments(target: Callable, kwargs: Mapping[str, Any], where: str) -> None:
+def check_arguments(target: Callable, kwargs: Mapping[str, Any], where: str,
+                    supplied: Mapping[str, Any] | None = None) -> None:
+    """Unknown keys (for targets without ``**kwargs``) and required keys neither in ``kwargs``
+    nor ``supplied`` by the caller are errors naming the key, ``where`` and the accepted keys."""
     names, var_kw = accepted_arguments(target)
-    if var_kw:
-        return
+    label = getattr(target, "__name__", target)
     unknown = [k for k in kwargs if k not in names]
-    if unknown:
-        raise ConfigError(
-            f"unknown key '{unknown[0]}'{_at(where)} for {getattr(target, '__name__', target)}; "
-            f"accepted keys: {', '.join(names)}")
+    if unknown and not var_kw:
+        raise ConfigError(f"unknown key '{unknown[0]}'{_at(where)} for {label}; accepted keys: {', '.join(names)}")
+    missing = [k for k in required_arguments(target) if k not in kwargs and k not in (supplied or {})]
+    if missing:
+        raise ConfigError(f"missing key '{missing[0]}'{_at(where)} for {label}; accepted keys: {', '.join(names)}")
+
+
+def required_arguments(target: Callable) -> list[str]:
+    return [p.name for p in inspect.signature(target).parameters.values()
+            if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"]
 
 
 def _at(where: str) -> str:

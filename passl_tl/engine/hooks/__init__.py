@@ -1,6 +1,6 @@
 """Training hooks; importing this package registers them."""
 from .checkpoint import CheckpointHook
-from .distillation import DistillationHook  # noqa: F401
+from .distillation import DistillationHook
 from .ema import EMAHook
 from .evaluate import EvaluateHook
 from .hook import Hook
@@ -10,5 +10,5 @@ from .mixtoken import MixTokenHook, sample_mix_box
 from .mixup import MixupHook
 from .optimizer import OptimizerHook
 
-__all__ = ["Hook", "CheckpointHook", "EMAHook", "EvaluateHook", "LoggerHook", "LRSchedulerHook",
+__all__ = ["Hook", "CheckpointHook", "DistillationHook", "EMAHook", "EvaluateHook", "LoggerHook", "LRSchedulerHook",
            "MixTokenHook", "MixupHook", "OptimizerHook", "sample_mix_box"]

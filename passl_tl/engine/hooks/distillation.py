@@ -43,6 +43,9 @@ class DistillationHook(Hook):
         if not isinstance(getattr(student, "head", None), DistillationHead):
             raise ConfigError(f"DistillationHook needs a student with a DistillationHead (a deit_*_distilled_* "
                               f"model), got {type(getattr(student, 'head', student)).__name__}")
+        if student.head.distillation_type == "none":
+            raise ConfigError("hooks.distillation with distillation_type 'none': the teacher would be unused; "
+                              "remove the hook or choose 'hard' or 'soft'")
         if not os.path.isfile(self.weights):
             raise ConfigError(f"hooks.distillation.weights: teacher weights file {self.weights} not found")
         teacher = MODELS.build(self.teacher_cfg, "hooks.distillation.teacher")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...utils.dist import broadcast_buffers
-from ...utils.registry import HOOKS
+from ...utils.registry import HOOKS, ConfigError
 from ..evaluation import evaluate
 from .hook import Hook
 
@@ -14,13 +14,17 @@ if TYPE_CHECKING:
 
 @HOOKS.register
 class EvaluateHook(Hook):
-    """Sets ``trainer.metrics`` to the EMA metrics when an EMA exists (as the official
-    recipe picks its best checkpoint), else to the model's; both are kept for logging."""
+    """Evaluates the model and, if one is tracked, its EMA; both are logged. ``track`` picks the
+    metrics that choose the best checkpoint: ``"ema"`` (the LV-ViT and T2T-ViT recipes; the model's
+    when there is no EMA) or ``"model"`` (DeiT reports its raw model and only saves the EMA)."""
 
     priority = 35
 
-    def __init__(self, interval: int = 1):
+    def __init__(self, interval: int = 1, track: str = "ema"):
+        if track not in ("ema", "model"):
+            raise ConfigError(f"EvaluateHook track must be 'ema' or 'model', got {track!r}")
         self.interval = interval
+        self.track = track
 
     def after_train_epoch(self, trainer: "Trainer") -> None:
         last = trainer.epoch + 1 == trainer.max_epochs
@@ -34,5 +38,5 @@ class EvaluateHook(Hook):
             broadcast_buffers(trainer.ema.module)
             metrics.update({f"ema/{k}": v for k, v in
                             evaluate(trainer.ema.module, trainer.val_loader, trainer.amp_context).items()})
-            tracked = "ema"
+            tracked = self.track
         trainer.metrics = {**metrics, "top1": metrics[f"{tracked}/top1"], "tracked": tracked}

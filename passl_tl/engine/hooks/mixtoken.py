@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...utils.registry import HOOKS
+from ...utils.registry import HOOKS, ConfigError
 from ...utils.seeding import derived_seed
 from .hook import Hook
 
@@ -50,6 +50,11 @@ class MixTokenHook(Hook):
 
     def __init__(self, alpha: float = 1.0):
         self.alpha = alpha
+
+    def before_run(self, trainer: "Trainer") -> None:
+        if trainer.grid_size is None:
+            raise ConfigError(f"MixToken needs a backbone with a token grid; "
+                              f"{type(trainer.model_without_ddp.backbone).__name__} has none (remove hooks.mixtoken)")
 
     def before_train_iter(self, trainer: "Trainer") -> None:
         rng = np.random.RandomState(derived_seed(trainer.seed, trainer.rank, trainer.global_step, self.STREAM))

@@ -65,7 +65,8 @@ class MixupHook(Hook):
         if mixup_alpha <= 0 and cutmix_alpha <= 0 and cutmix_minmax is None:
             raise ConfigError("MixupHook needs mixup_alpha > 0, cutmix_alpha > 0 or cutmix_minmax")
         if cutmix_minmax is not None and not (len(cutmix_minmax) == 2 and 0 < cutmix_minmax[0] < cutmix_minmax[1] <= 1):
-            raise ConfigError(f"MixupHook cutmix_minmax must be [min, max] with 0 < min < max <= 1, got {cutmix_minmax}")
+            raise ConfigError(f"MixupHook cutmix_minmax must be [min, max] with 0 < min < max <= 1, "
+                              f"got {cutmix_minmax}")
         if not (0 <= prob <= 1 and 0 <= switch_prob <= 1):
             raise ConfigError(f"MixupHook prob and switch_prob must be in [0, 1], got {prob}, {switch_prob}")
         self.mixup_alpha = mixup_alpha

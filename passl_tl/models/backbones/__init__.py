@@ -1,7 +1,7 @@
-"""Backbones (registered in ``BACKBONES``); importing this package registers them."""
-from .deit import DeiT  # noqa: F401
+"""Backbones (registered in ``BACKBONES``); importing this package registers them and their presets."""
+from .deit import DeiT
 from .lvvit import LVViT
-from .regnet import RegNet  # noqa: F401
-from .t2t_vit import T2TViT  # noqa: F401
+from .regnet import RegNet
+from .t2t_vit import T2TViT
 
-__all__ = ["LVViT"]
+__all__ = ["DeiT", "LVViT", "RegNet", "T2TViT"]

@@ -17,9 +17,9 @@ class LinearHead(nn.Layer):
 
     The output is the same in train and eval mode. ``loss`` is the soft-target cross entropy
     with ``[B, K]`` targets (smoothed or mixed labels). MixToken needs per-token outputs to
-    un-mix, so it goes with the token-label head, not this one (as officially). ``official_name`` is the layer's name in official checkpoints (``head``
-    for DeiT and T2T-ViT, ``head.fc`` for timm's RegNet); ``init_std`` the std of its weight init
-    (bias 0).
+    un-mix, so it goes with the token-label head, not this one (as officially).
+    ``official_name`` is the layer's name in official checkpoints (``head`` for DeiT and
+    T2T-ViT, ``head.fc`` for timm's RegNet); ``init_std`` the std of its weight init (bias 0).
     """
 
     def __init__(self, in_channels: int, num_classes: int, official_name: str = "head", init_std: float = 0.02):
