@@ -119,6 +119,8 @@ def choose_preset(state: Mapping[str, np.ndarray], overrides: Mapping[str, Any],
         found = sized if len(sized) == 1 else found
     if len(found) != 1:
         what = f"matches several presets ({', '.join(found)})" if found else "matches no registered preset"
+        hint = (' — it has an aux_head: a token-labeling checkpoint, add -o "head={name: TokenLabelHead}"'
+                if "aux_head.weight" in state and "head" not in overrides else "")
         raise ConfigError(f"{src} ({describe(state)}) {what}; choose one with --model NAME "
-                          f"(and -o for other arguments, e.g. -o depth=2)")
+                          f"(and -o for other arguments, e.g. -o depth=2){hint}")
     return found[0]
