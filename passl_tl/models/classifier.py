@@ -39,12 +39,28 @@ class Classifier(nn.Layer):
     def loss(self, outputs: Any, target: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:
         return self.head.loss(outputs, target, mix_box)
 
+    def dense_logits(self, x: Tensor) -> Tensor:
+        """Eval-mode logits ``[B, K, H, W]`` at every position of the backbone's last feature map
+        (its patch tokens for ViTs): the head's per-token classifier applied as a 1x1 conv, as the
+        official token-label generator applies its teacher."""
+        if self.training:
+            raise RuntimeError("dense_logits is an eval-mode computation: call model.eval() first")
+        return self.head.dense(self.backbone.feature_map(x))
+
     def no_weight_decay(self) -> set[str]:
         """Full parameter names (``backbone.pos_embed``, ...) to exclude from weight decay."""
         return {f"{prefix}.{name}"
                 for prefix, part in (("backbone", self.backbone), ("head", self.head))
                 if hasattr(part, "no_weight_decay")
                 for name in part.no_weight_decay()}
+
+
+def patch_token_map(tokens: Tensor, grid_size: Sequence[int]) -> Tensor:
+    """The patch tokens (the last ``rows x cols`` of ``[B, P + N, D]``, prefix tokens dropped) as a
+    ``[B, D, rows, cols]`` map."""
+    rows, cols = grid_size
+    patches = tokens[:, tokens.shape[1] - rows * cols:]
+    return patches.transpose([0, 2, 1]).reshape([tokens.shape[0], tokens.shape[2], rows, cols])
 
 
 def build_preset(backbone: Mapping[str, Any], head: Mapping[str, Any], overrides: Mapping[str, Any],

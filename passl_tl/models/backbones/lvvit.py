@@ -14,7 +14,7 @@ import paddle.nn.functional as F
 from paddle import Tensor
 
 from ...utils.registry import BACKBONES, MODELS, ConfigError
-from ..classifier import Classifier, build_preset
+from ..classifier import Classifier, build_preset, patch_token_map
 from ..layers import Block, TorchBatchNorm2D, init_vit_weights, tokens_with_prefix, trunc_normal_
 
 
@@ -82,6 +82,10 @@ class LVViT(nn.Layer):
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """The patch tokens after the final norm as a ``[B, D, rows, cols]`` map."""
+        return patch_token_map(self(x), self.grid_size)
 
 
 # ----------------------------------------------------------------------------- presets

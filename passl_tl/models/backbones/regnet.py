@@ -119,9 +119,9 @@ class Bottleneck(nn.Layer):
 class RegNet(nn.Layer):
     """RegNet backbone: ``forward(x)`` → globally average-pooled features ``[B, embed_dim]``.
 
-    ``forward_features`` gives the last stage's map ``[B, embed_dim, H/32, W/32]``; the stages are
-    the sublayers ``s1`` ... ``s4`` (of blocks ``b1``, ``b2``, ...). A CNN has no token grid, so
-    MixToken boxes are refused.
+    ``forward_features`` (alias ``feature_map``) gives the last stage's map ``[B, embed_dim, H/32, W/32]``;
+    the stages are the sublayers ``s1`` ... ``s4`` (of blocks ``b1``, ``b2``, ...). A CNN has no token
+    grid, so MixToken boxes are refused.
     """
 
     grid_size = None
@@ -156,6 +156,8 @@ class RegNet(nn.Layer):
         for name in self.stage_names:
             x = getattr(self, name)(x)
         return x
+
+    feature_map = forward_features  # the map the classifier is applied to at every position
 
     def forward(self, x: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:
         if mix_box is not None:

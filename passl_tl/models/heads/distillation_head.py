@@ -11,6 +11,7 @@ from paddle import Tensor
 from ...utils.registry import HEADS, ConfigError
 from ..layers import init_vit_weights
 from ..losses import soft_cross_entropy
+from .linear_head import per_position
 
 DISTILLATION_TYPES = ("none", "soft", "hard")
 
@@ -61,6 +62,10 @@ class DistillationHead(nn.Layer):
         if not self.training:
             return (x_cls + x_dist) / 2
         return {"cls": x_cls, "dist": x_dist}
+
+    def dense(self, feature_map: Tensor) -> Tensor:
+        """The eval output's average of both heads at every position of ``[B, C, H, W]`` -> ``[B, K, H, W]``."""
+        return (per_position(self.cls_head, feature_map) + per_position(self.dist_head, feature_map)) / 2
 
     def loss(self, outputs: dict[str, Tensor], target: Tensor | Mapping[str, Tensor],
              mix_box: Sequence[int] | None = None) -> Tensor:

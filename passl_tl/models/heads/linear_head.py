@@ -11,6 +11,11 @@ from ..layers import constant_, trunc_normal_
 from ..losses import soft_cross_entropy
 
 
+def per_position(linear: nn.Linear, feature_map: Tensor) -> Tensor:
+    """``linear`` applied at every position of a ``[B, C, H, W]`` map (a 1x1 conv) -> ``[B, K, H, W]``."""
+    return linear(feature_map.transpose([0, 2, 3, 1])).transpose([0, 3, 1, 2])
+
+
 @HEADS.register
 class LinearHead(nn.Layer):
     """``fc`` on token 0 of ``[B, T, D]`` tokens, or on ``[B, C]`` pooled features.
@@ -33,6 +38,10 @@ class LinearHead(nn.Layer):
     def forward(self, features: Tensor, grid_size: Sequence[int] | None = None,
                 mix_box: Sequence[int] | None = None) -> Tensor:
         return self.fc(features[:, 0] if features.ndim == 3 else features)
+
+    def dense(self, feature_map: Tensor) -> Tensor:
+        """``fc`` at every position of a ``[B, C, H, W]`` feature map -> ``[B, K, H, W]``."""
+        return per_position(self.fc, feature_map)
 
     def loss(self, outputs: Tensor, target: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:
         if target.ndim != 2 or tuple(target.shape) != tuple(outputs.shape):

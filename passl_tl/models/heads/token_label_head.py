@@ -10,6 +10,7 @@ from paddle import Tensor
 from ...utils.registry import HEADS
 from ..layers import flip_box, init_vit_weights
 from ..losses import mix_class_target, soft_cross_entropy
+from .linear_head import per_position
 
 
 @HEADS.register
@@ -47,6 +48,10 @@ class TokenLabelHead(nn.Layer):
         B, N, K = x_aux.shape
         grid = x_aux.reshape([B, grid_size[0], grid_size[1], K])
         return {"cls": x_cls, "aux": flip_box(grid, mix_box, row_axis=1).reshape([B, N, K])}
+
+    def dense(self, feature_map: Tensor) -> Tensor:
+        """``aux_head`` (the per-token classifier) at every position of ``[B, C, H, W]`` -> ``[B, K, H, W]``."""
+        return per_position(self.aux_head, feature_map)
 
     def loss(self, outputs: dict[str, Tensor], target: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:
         """Soft-target cross entropy of the cls logits and of every token's logits.
