@@ -1,0 +1,134 @@
+"""Token labels from a teacher (the official ``generate_label.py`` procedure, the "machine annotator").
+
+The teacher's classifier is applied at every position of its last feature map
+(``Classifier.dense_logits``); the top-k logits and class ids per position are saved as one
+float16 ``[2, k, H, W]`` file per image, ``<out>/<wnid>/<stem>.npy``, the layout
+``ImageNetTokenLabel`` reads. Files are written atomically, so a run can be interrupted and
+resumed: images whose file is already valid are skipped.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+import paddle
+from paddle import Tensor
+
+from .deploy.preprocess import config_eval_transforms
+from .utils.config import Config
+from .utils.dist import all_reduce_sum, rank, world_size
+from .utils.logger import get_logger
+from .utils.registry import ConfigError
+
+LABEL_DTYPE = np.float16
+MAX_EXACT_CLASS_ID = 2048  # float16 holds every integer up to 2048 exactly
+
+
+class LabelingResult(NamedTuple):
+    """Counts over all processes; ``correct`` is the teacher's top-1 hits on the ``written`` images."""
+
+    total: int
+    written: int
+    skipped: int
+    correct: int
+
+
+def eval_transform_specs(cfg: Config, img_size: int | None, crop_pct: float) -> list[dict[str, Any]]:
+    """The config's eval transforms (``data.val.transforms``: its interpolation and normalisation)
+    with its ``ResizeCropPct`` set to ``img_size`` (default: the config's) and ``crop_pct``."""
+    specs = [dict(spec) for spec in config_eval_transforms(cfg)]
+    resizes = [spec for spec in specs if spec.get("name") == "ResizeCropPct"]
+    if len(resizes) != 1:
+        raise ConfigError(f"{cfg.where('data.val.transforms')} must hold one ResizeCropPct (the eval resize and "
+                          f"centre crop that label generation sets to --img-size and --crop-pct)")
+    resizes[0].update(size=img_size or resizes[0]["size"], crop_pct=crop_pct)
+    return specs
+
+
+def label_file(out_root: str, image_path: str) -> str:
+    """``<out_root>/<image's directory name>/<image stem>.npy``."""
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    return os.path.join(out_root, os.path.basename(os.path.dirname(image_path)), stem + ".npy")
+
+
+def top_k_maps(dense: Tensor, k: int) -> np.ndarray:
+    """``[B, K, H, W]`` logits -> ``[B, 2, k, H, W]`` float16: per position the k largest logits
+    (descending) and their class ids."""
+    values, ids = paddle.topk(dense, k, axis=1)
+    return np.stack([values.numpy(), ids.numpy()], axis=1).astype(LABEL_DTYPE)
+
+
+def is_valid_label(path: str, shape: Sequence[int]) -> bool:
+    """Whether ``path`` is a complete float16 label file of ``shape``."""
+    try:
+        label = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return label.dtype == LABEL_DTYPE and label.shape == tuple(shape)
+
+
+def save_atomically(path: str, array: np.ndarray) -> None:
+    """Write ``path`` through a temporary file renamed into place: it is complete or absent."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+class _Indexed(paddle.io.Dataset):
+    """The samples ``indices`` of ``dataset`` as ``(image, class id, index)``."""
+
+    def __init__(self, dataset: Any, indices: Sequence[int]):
+        self.dataset = dataset
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.int64, np.int64]:
+        image, target = self.dataset[self.indices[i]]
+        return image, target, np.int64(self.indices[i])
+
+
+def label_shape(model: paddle.nn.Layer, image: np.ndarray, k: int) -> tuple[int, int, int, int]:
+    """The ``[2, k, H, W]`` label shape ``model`` gives for images like ``image`` ([3, S, S])."""
+    try:
+        _, num_classes, height, width = model.dense_logits(paddle.to_tensor(image[None])).shape
+    except ValueError as e:
+        raise ConfigError(f"the teacher does not take {image.shape[1]}x{image.shape[2]} images ({e}): build it "
+                          f"for that size (e.g. -o model.img_size={image.shape[1]}) or pick --img-size") from e
+    if not 1 <= k <= num_classes:
+        raise ConfigError(f"--topk must be in [1, {num_classes}] for a teacher of {num_classes} classes, got {k}")
+    if num_classes > MAX_EXACT_CLASS_ID + 1:
+        raise ConfigError(f"float16 label files hold class ids up to {MAX_EXACT_CLASS_ID} exactly; the teacher "
+                          f"has {num_classes} classes")
+    return 2, k, height, width
+
+
+@paddle.no_grad()
+def generate_token_labels(model: paddle.nn.Layer, dataset: Any, out_root: str, k: int = 5,
+                          batch_size: int = 32, num_workers: int = 0, log_interval: int = 50) -> LabelingResult:
+    """Label every image of ``dataset`` (``samples`` [(path, class id)], items ``(image, class id)``)
+    into ``out_root`` with the teacher ``model``.
+
+    Each process takes ``indices[rank::world]`` and skips the images whose file is already valid.
+    """
+    model.eval()
+    shape = label_shape(model, dataset[0][0], k)
+    mine = range(rank(), len(dataset), world_size())
+    pending = [i for i in mine if not is_valid_label(label_file(out_root, dataset.samples[i][0]), shape)]
+    get_logger().info(f"label maps {list(shape)}: {len(pending)} of this process's {len(mine)} images to label")
+    loader = paddle.io.DataLoader(_Indexed(dataset, pending), batch_size=batch_size, shuffle=False,
+                                  num_workers=num_workers, use_shared_memory=num_workers > 0)
+    correct = 0
+    for step, (images, targets, indices) in enumerate(loader, 1):
+        dense = model.dense_logits(images)
+        for index, label in zip(indices.numpy().tolist(), top_k_maps(dense, k)):
+            save_atomically(label_file(out_root, dataset.samples[index][0]), label)
+        correct += int((dense.mean(axis=[2, 3]).argmax(axis=1) == targets).astype("int64").sum())
+        if step % log_interval == 0 or step == len(loader):
+            get_logger().info(f"labelled {min(step * batch_size, len(pending))}/{len(pending)} images")
+    written, skipped, correct = all_reduce_sum([len(pending), len(mine) - len(pending), correct])
+    return LabelingResult(len(dataset), int(written), int(skipped), int(correct))
