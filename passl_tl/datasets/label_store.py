@@ -1,0 +1,80 @@
+"""Where a dataset's token labels come from: per-image ``.npy`` files or a pack of shards.
+
+Both sources are built for a dataset's list of image paths and answer by sample index:
+``missing`` (indices without a label), ``shape`` (``[2, k, H, W]`` of every label),
+``where(index)`` (the label's expected location, for messages) and ``read(index)``.
+Building one raises when none of the images has a label.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from .label_files import NPY_SUFFIX, label_key, read_label_file
+from .label_pack import INDEX_NAME, open_shard, read_pack_index
+
+
+class FileLabels:
+    """Labels stored as ``<root>/<dir>/<stem>.npy``; each directory is listed once to find missing files."""
+
+    def __init__(self, root: str, images: Sequence[str]):
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"label_root {root} does not exist")
+        self.root, self.images = root, images
+        listed: dict[str, set[str]] = {}
+        missing = []
+        for index in range(len(images)):
+            folder, name = os.path.split(self.where(index))
+            if folder not in listed:
+                listed[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+            if name not in listed[folder]:
+                missing.append(index)
+        self.missing = frozenset(missing)
+        present = next((i for i in range(len(images)) if i not in self.missing), None)
+        if present is None:
+            raise FileNotFoundError(f"none of the {len(images)} images has a token-label file under {root}")
+        self.shape = read_label_file(self.where(present)).shape
+
+    def where(self, index: int) -> str:
+        return os.path.join(self.root, label_key(self.images[index]) + NPY_SUFFIX)
+
+    def read(self, index: int) -> np.ndarray:
+        return read_label_file(self.where(index), self.shape)
+
+
+class PackedLabels:
+    """Labels of a pack (``label_pack``); shards are memory-mapped on first use in the reading process
+    (a DataLoader worker maps its own) and left out when the object is pickled."""
+
+    def __init__(self, root: str, images: Sequence[str]):
+        self.root, self.images = root, images
+        index = read_pack_index(root)
+        self.shape, self.dtype, self.shard_files = index.shape, index.dtype, index.shard_files()
+        where = index.locations()
+        found = [where.get(label_key(image), (-1, -1)) for image in images]
+        self._shard_of = np.array([shard for shard, _ in found], dtype=np.int32)
+        self._row_of = np.array([row for _, row in found], dtype=np.int64)
+        self.missing = frozenset(np.flatnonzero(self._shard_of < 0).tolist())
+        if len(self.missing) == len(images):
+            raise FileNotFoundError(f"none of the {len(images)} images has a token label in the pack {root} "
+                                    f"(keys like {label_key(images[0])!r})")
+        self._shards: dict[int, np.ndarray] = {}
+
+    def where(self, index: int) -> str:
+        return f"{label_key(self.images[index])} in {os.path.join(self.root, INDEX_NAME)}"
+
+    def read(self, index: int) -> np.ndarray:
+        shard = int(self._shard_of[index])
+        if shard < 0:
+            raise FileNotFoundError(f"no token label for image {self.images[index]}: expected {self.where(index)}")
+        if shard not in self._shards:
+            self._shards[shard] = open_shard(*self.shard_files[shard], self.shape, self.dtype)
+        return np.asarray(self._shards[shard][self._row_of[index]])
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_shards": {}}
+
+
+LABEL_FORMATS = {"files": FileLabels, "packed": PackedLabels}
