@@ -35,7 +35,11 @@ def pack_label_sample(label_map: np.ndarray, crop: Sequence[float], gt: int) -> 
 
 
 def dense_label_map(labels: paddle.Tensor, num_classes: int) -> paddle.Tensor:
-    """Scatter the top-k logits of packed ``labels [B, 3, k, H, W]`` into a zero ``[B, C, H, W]`` map."""
+    """Scatter the top-k logits of packed ``labels [B, 3, k, H, W]`` into a zero ``[B, C, H, W]`` map.
+
+    With :func:`pool_crop` this is the official (dense) formulation, kept as the reference that
+    :func:`make_token_targets` is tested and benchmarked against.
+    """
     b, _, _, h, w = labels.shape
     ids = labels[:, 1].astype("int64")
     zeros = paddle.zeros([b, num_classes, h, w], dtype="float32")
@@ -65,6 +69,12 @@ def pool_crop(dense: paddle.Tensor, crop: paddle.Tensor, output_size: int,
                                        spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
+def crop_and_truth(labels: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """The crops ``[B, 4]`` (top, left, height, width) and ground-truth ids ``[B]`` int64 of packed labels."""
+    info = labels[:, 2, 0, 0]
+    return info[:, :4], info[:, _GT_COLUMN].astype("int64")
+
+
 def make_token_targets(labels: paddle.Tensor | np.ndarray, num_classes: int, label_size: int = 14,
                        smoothing: float = 0.1, box_order: str = "correct") -> paddle.Tensor:
     """Soft token-label targets ``[B, C, 2 + label_size**2]`` (``[B, C, 2]`` when label_size is 1).
@@ -73,6 +83,13 @@ def make_token_targets(labels: paddle.Tensor | np.ndarray, num_classes: int, lab
     crop), columns 2.. the ``label_size x label_size`` token targets row-major. Pooled logits are
     softmaxed over classes, then mapped to ``p * on + off`` with ``off = smoothing / C`` and
     ``on = 1 - smoothing + off``. ``labels`` is the packed batch ``[B, 3, k, H, W]``; it is not modified.
+
+    Equal (to float32 round-off) to the official dense formulation, :func:`pool_crop` of
+    :func:`dense_label_map`, without its ``[B, C, H, W]`` map: roi_align runs per channel, so
+    only the U classes a sample mentions (top-k ids, ground truth) are pooled, from a compact
+    ``[B, U + 1, H, W]`` map whose last slot, the background, stands for every other class (they
+    all pool to 0); the output is one row gather from a ``[B, U + 1, 2 + s**2]`` table of targets.
+    Top-k ids must be distinct within a cell. Reads U on the host.
     """
     _check_box_order(box_order)
     if label_size < 1:
@@ -82,23 +99,59 @@ def make_token_targets(labels: paddle.Tensor | np.ndarray, num_classes: int, lab
     if labels.ndim != 5 or labels.shape[1] != 3:
         raise ValueError(f"packed token labels must have shape [B, 3, k, H, W], got {list(labels.shape)}")
     _check_width(labels.shape[4])
-    info = labels[:, 2, 0, 0]
-    if from_numpy:  # tensors come from the dataset, which checks ids file by file (no host sync here)
-        check_class_ids(labels[:, 1].numpy(), info[:, _GT_COLUMN].numpy(), num_classes, "token labels")
-    gt = info[:, _GT_COLUMN].astype("int64")
+    crop, gt = crop_and_truth(labels)
+    if from_numpy:  # tensors come from the dataset, which checks ids file by file
+        check_class_ids(labels[:, 1].numpy(), labels[:, 2, 0, 0, _GT_COLUMN].numpy(), num_classes,
+                        "token labels")
 
-    dense = dense_label_map(labels, num_classes)
-    b = labels.shape[0]
-    pooled = pool_crop(dense, info[:, :4], 1, box_order).reshape([b, num_classes, 1])
-    if label_size > 1:
-        tokens = pool_crop(dense, info[:, :4], label_size, box_order)
-        pooled = paddle.concat([pooled, tokens.reshape([b, num_classes, label_size * label_size])], axis=2)
+    ids = labels[:, 1].astype("int64")
+    slots = _class_slots(ids, gt, num_classes)
+    maps = _compact_maps(labels[:, 0], ids, slots, int(slots.max()) + 1)
+    pooled = [pool_crop(maps, crop, size, box_order).flatten(2)
+              for size in ((1, label_size) if label_size > 1 else (1,))]
+    table = _target_table(paddle.concat([paddle.zeros_like(pooled[0])] + pooled, axis=2),
+                          paddle.take_along_axis(slots, gt[:, None], axis=1), num_classes, smoothing)
+    rows = paddle.arange(len(table), dtype="int64")[:, None] * table.shape[1] + slots
+    return paddle.gather(table.flatten(0, 1), rows.flatten()).reshape([len(table), num_classes, -1])
 
+
+def _class_slots(ids: paddle.Tensor, gt: paddle.Tensor, num_classes: int) -> paddle.Tensor:
+    """``[B, C]``: the classes each sample mentions (label ids, ground truth) numbered 0..n-1 in class
+    order; the others get slot U = max n, the background."""
+    b = ids.shape[0]
+    mentioned = paddle.concat([ids.reshape([b, -1]), gt[:, None]], axis=1)
+    present = paddle.put_along_axis(paddle.zeros([b, num_classes], dtype="int64"), mentioned,
+                                    paddle.ones_like(mentioned), axis=1)
+    numbered = paddle.cumsum(present, axis=1)
+    return paddle.where(present > 0, numbered - 1, numbered[:, -1].max())
+
+
+def _compact_maps(logits: paddle.Tensor, ids: paddle.Tensor, slots: paddle.Tensor,
+                  width: int) -> paddle.Tensor:
+    """``[B, width, H, W]``: the top-k ``logits [B, k, H, W]`` scattered to the slots of their ``ids``."""
+    b, k, h, w = logits.shape
+    cell_slots = paddle.take_along_axis(slots, ids.reshape([b, -1]), axis=1).reshape([b, k, h * w])
+    maps = paddle.put_along_axis(paddle.zeros([b, width, h * w], dtype="float32"), cell_slots,
+                                 logits.reshape([b, k, h * w]), axis=1)
+    return maps.reshape([b, width, h, w])
+
+
+def _target_table(pooled: paddle.Tensor, gt_slot: paddle.Tensor, num_classes: int,
+                  smoothing: float) -> paddle.Tensor:
+    """Target rows ``[B, U + 1, O]`` of the slots of ``pooled [B, U + 1, O]`` (the last one the background).
+
+    Column 0 becomes the smoothed ground truth of ``gt_slot [B, 1]``, the others the smoothed
+    softmax over all ``num_classes`` classes: the softmax over the slots, rescaled for the
+    ``num_classes - U - 1`` further classes that pool to 0 like the background (-1 when a sample
+    mentions every class: the background slot is then no class).
+    """
+    width = pooled.shape[1]
+    probs = F.softmax(pooled, axis=1)
     off = smoothing / num_classes
     on = 1.0 - smoothing + off
-    soft = F.softmax(pooled, axis=1) * on + off
-    truth = F.one_hot(gt, num_classes) * (on - off) + off
-    return paddle.concat([truth.unsqueeze(2), soft], axis=2)
+    table = probs * (on / (1.0 + (num_classes - width) * probs[:, -1:])) + off
+    table[:, :, 0] = F.one_hot(gt_slot.squeeze(1), width) * (on - off) + off
+    return table
 
 
 @TRANSFORMS.register

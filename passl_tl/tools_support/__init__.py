@@ -1,0 +1,1 @@
+"""Logic behind the command-line tools in ``tools/`` that training itself does not need."""
