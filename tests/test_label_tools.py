@@ -245,3 +245,12 @@ def test_pack_errors_name_the_file(demo, tmp_path):
     (out / INDEX_NAME).write_text("{not json")
     with pytest.raises(ValueError, match=f"{out / INDEX_NAME} is not a valid token-label pack index"):
         dataset(demo, out, "packed")
+
+
+def test_class_ids_beyond_float16_fail(tmp_path, capsys):
+    label = official_label(0, dtype=np.float32)
+    label[1, 0, 0, 0] = 2049  # the nearest float16 values are 2048 and 2050
+    (tmp_path / "src" / "n01").mkdir(parents=True)
+    write_torch_zip(tmp_path / "src" / "n01" / "a.pt", label)
+    assert convert(str(tmp_path / "src"), tmp_path / "dst", "--workers", "1") == 1
+    assert "n01/a.pt: its class ids are not exact in float16" in capsys.readouterr().err
