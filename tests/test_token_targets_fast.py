@@ -4,7 +4,8 @@ import paddle
 import pytest
 from conftest import load_npz
 
-from passl_tl.datasets.token_label import crop_and_truth, dense_label_map, make_token_targets, pack_label_sample, pool_crop
+from passl_tl.datasets.token_label import (crop_and_truth, dense_label_map, make_token_targets, pack_label_sample,
+                                           pool_crop)
 from passl_tl.tools_support.benchmark_data import dense_token_targets, synthetic_token_labels
 
 # float32 round-off: at 1000 classes the dense reference's softmax is itself up to 2e-5 off the exact
