@@ -1,0 +1,107 @@
+"""tools/benchmark.py data: a tiny run yields every table and JSON key (timings are not asserted)."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT
+
+from passl_tl.tools_support import benchmark_data
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+import benchmark  # noqa: E402  (tools/benchmark.py)
+
+DEMO_CONFIG = os.path.join(REPO_ROOT, "configs", "lvvit", "lvvit_demo.yaml")
+STATS = {"median", "min", "max"}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["data", "--quick", "-c", DEMO_CONFIG, "--classes-per-image", "5", "40", "--data-dir", str(out / "data"),
+            "--json", str(out / "results.json")]
+    returned = benchmark.main(argv)
+    with open(out / "results.json", encoding="utf-8") as f:
+        return returned, json.load(f), argv
+
+
+def test_json_has_every_measurement(quick):
+    returned, results, _ = quick
+    assert results == json.loads(json.dumps(returned))
+    assert set(results) == {"machine", "settings", "loader", "label_reads", "targets", "checks"}
+    assert {"cpu", "cpus", "load_average", "load_average_after", "system", "python", "paddle",
+            "numpy"} <= set(results["machine"])
+    settings = results["settings"]
+    assert settings["transforms"] == ["RandomHorizontalFlipWithLabel", "RandomResizedCropWithCoords", "Normalize"]
+    assert settings["classes_per_image"] == [5, 40] and settings["images"] == benchmark.QUICK["images"]
+    assert [(r["labels"], r["workers"]) for r in results["loader"]] == [
+        (labels, workers) for workers in (0, 1) for labels in ("none", "files", "packed")]
+    assert [(r["format"], r["cache"]) for r in results["label_reads"]] == [
+        ("files", "warm"), ("packed", "warm"), ("files", "cold"), ("packed", "cold")]
+    for row in results["loader"]:
+        assert set(row["images_per_s"]) == STATS and row["images_per_s"]["median"] > 0
+    for row in results["label_reads"]:
+        assert set(row["reads_per_s"]) == STATS and row["reads_per_s"]["median"] > 0
+    assert [r["classes_per_image"] for r in results["targets"]] == [5, 40]
+    for row in results["targets"]:
+        assert set(row) == {"classes_per_image", "classes_per_map", "dense_ms", "fast_ms", "speedup", "max_abs_diff"}
+        assert set(row["dense_ms"]) == set(row["fast_ms"]) == STATS
+        assert row["classes_per_image"] <= row["classes_per_map"] <= row["classes_per_image"] + 1  # + ground truth
+        assert 0 <= row["max_abs_diff"] <= benchmark_data.TARGETS_ATOL
+    assert [c["check"] for c in results["checks"]] == [
+        "token-label loader cost (files, 0 workers)", "token-label loader cost (packed, 0 workers)",
+        "token-label loader cost (files, 1 workers)", "token-label loader cost (packed, 1 workers)",
+        "packed / per-file label reads (warm cache)", "packed / per-file label reads (cold cache)",
+        "target builder speedup (5 classes/image)", "target builder speedup (40 classes/image)"]
+    for check in results["checks"]:
+        assert set(check) == {"check", "value", "target", "met"} and check["met"] in (True, False)
+
+
+def test_report_tables(quick, capsys):
+    _, results, _ = quick
+    text = benchmark_data.report(results)
+    for heading in ("machine:", "loader:", "label reads:", "targets:"):
+        assert heading in text
+    for header in ("| labels | workers | images/s", "| format | cache | labels/s", "| classes/image |",
+                   "| check "):
+        assert header in text
+    assert text.count("\n| ") >= 6 + 4 + 2 + 8  # a row per measurement and check
+    assert "yes" in text or "NO" in text
+
+
+def test_data_dir_is_reused(quick, tmp_path):
+    _, _, argv = quick
+    data_dir = argv[argv.index("--data-dir") + 1]
+    before = sorted(os.listdir(data_dir))
+    benchmark.main(["data", "--quick", "-c", DEMO_CONFIG, "--data-dir", data_dir, "--classes-per-image", "5"])
+    assert sorted(os.listdir(data_dir)) == before
+
+
+def test_different_targets_are_refused(monkeypatch):
+    """The timing asserts that the new builder reproduces the dense formulation."""
+    real = benchmark_data.make_token_targets
+    monkeypatch.setattr(benchmark_data, "make_token_targets", lambda labels, **kw: real(labels, **kw) * 1.01)
+    settings = benchmark_data.DataSettings(transforms=[], target_batch=2, repeats=1, warmup=0)
+    with pytest.raises(AssertionError, match="differs from the dense formulation"):
+        benchmark_data.target_times(settings, classes_per_image=6)
+
+
+def test_synthetic_labels():
+    labels = benchmark_data.synthetic_token_labels(3, 50, 7, seed=4)
+    assert labels.shape == (3, 3, 5, 18, 18) and labels.dtype == np.float32
+    for sample in labels:
+        assert len(np.unique(sample[1])) == 7
+        assert all(len(set(sample[1, :, r, c])) == 5 for r in range(18) for c in range(18))
+        assert (np.diff(sample[0], axis=0) <= 0).all()  # logits descending
+        top, left, height, width = sample[2, 0, 0, :4]
+        assert 0 <= top and 0 <= left and top + height <= 1 and left + width <= 1
+        assert sample[2, 0, 0, 5] in sample[1]
+    np.testing.assert_array_equal(labels, benchmark_data.synthetic_token_labels(3, 50, 7, seed=4))
+    with pytest.raises(ValueError, match="classes_per_image"):
+        benchmark_data.synthetic_token_labels(1, 50, 4)
+
+
+def test_a_subcommand_is_required(capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main([])

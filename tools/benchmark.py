@@ -1,0 +1,76 @@
+"""Benchmarks, by subcommand.
+
+    python tools/benchmark.py data [-c CONFIG] [-o KEY=VALUE ...] [--workers N] [--json OUT] [--quick]
+
+data: images/s of the training loader (the config's training transforms on synthetic demo images)
+without token labels, with per-file labels and with packed labels, at 0 and N workers; label
+reads/s per file and packed; ms per batch of the token-target builder against the official dense
+formulation (outputs asserted equal). Medians and min-max over --repeats after --warmup. Prints
+Markdown tables and the issue's checks; --json also writes every number. --quick: tiny sizes, a
+smoke test only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from passl_tl.engine import DEFAULTS
+from passl_tl.tools_support.benchmark_data import DataSettings, report, run_data_benchmark
+from passl_tl.utils.cli import add_config_arguments, run_tool
+from passl_tl.utils.config import load_config
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "lvvit", "lvvit_tiny.yaml")
+SIZE_OPTIONS = ("images", "image_size", "batch_size", "workers", "repeats", "warmup", "target_batch",
+                "classes_per_image", "data_dir")
+QUICK = dict(images=16, image_size=64, batch_size=4, workers=1, repeats=1, warmup=0, target_batch=4,
+             classes_per_image=[8])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    data = commands.add_parser("data", help="loader, label reads and target builder")
+    add_config_arguments(data, required=False,
+                         config_help=f"config whose data.train.transforms to use (default {DEFAULT_CONFIG})")
+    defaults = DataSettings(transforms=[])
+    data.add_argument("--images", type=int, help=f"demo training images (default {defaults.images})")
+    data.add_argument("--image-size", type=int, help=f"demo image side in pixels (default {defaults.image_size})")
+    data.add_argument("--batch-size", type=int, help=f"loader batch size (default {defaults.batch_size})")
+    data.add_argument("--workers", type=int, help=f"loader workers besides 0 (default {defaults.workers})")
+    data.add_argument("--repeats", type=int, help=f"timed repeats (default {defaults.repeats})")
+    data.add_argument("--warmup", type=int, help=f"untimed repeats first (default {defaults.warmup})")
+    data.add_argument("--target-batch", type=int, help=f"target-builder batch (default {defaults.target_batch})")
+    data.add_argument("--classes-per-image", type=int, nargs="+",
+                      help="distinct classes a synthetic label map draws from, one timing each "
+                           f"(default {' '.join(map(str, defaults.classes_per_image))})")
+    data.add_argument("--data-dir", help="keep and reuse the demo data here (default: a temporary directory)")
+    data.add_argument("--json", help="also write the results as JSON to this file")
+    data.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, not a measurement)")
+    return parser.parse_args(argv)
+
+
+def data_settings(args: argparse.Namespace) -> DataSettings:
+    """Explicit options over the --quick sizes over the defaults; transforms from the config."""
+    config = args.config or DEFAULT_CONFIG
+    cfg = load_config(config, args.override, DEFAULTS)
+    options = {k: v for k, v in vars(args).items() if k in SIZE_OPTIONS and v is not None}
+    return DataSettings(transforms=cfg["data"]["train"]["transforms"], config=config,
+                        **{**(QUICK if args.quick else {}), **options})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    results = run_data_benchmark(data_settings(args))
+    print(report(results))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+        print(f"\nresults in {args.json}", file=sys.stderr)
+    return results
+
+
+if __name__ == "__main__":
+    run_tool(main)
