@@ -53,6 +53,12 @@ def test_crops_reaching_beyond_the_map():
         assert_same(labels, 30, label_size=5, box_order=box_order)
 
 
+def test_class_repeated_within_a_cell():
+    labels = synthetic_token_labels(4, 30, 10, seed=5)
+    labels[:, 1, 1] = labels[:, 1, 0]  # top-2 id = top-1 id everywhere: one of the two logits is kept
+    assert_same(labels, 30, label_size=6)
+
+
 def test_ground_truth_outside_the_label_map():
     """The ground truth needs its own slot even when no cell mentions it."""
     label = np.stack([np.full((2, 8, 8), 3.0), np.stack([np.zeros((8, 8)), np.ones((8, 8))])])

@@ -31,8 +31,10 @@ QUICK = dict(images=16, image_size=64, batch_size=4, workers=1, repeats=1, warmu
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", help="also write the results as JSON to this file")
     commands = parser.add_subparsers(dest="command", required=True)
-    data = commands.add_parser("data", help="loader, label reads and target builder")
+    data = commands.add_parser("data", parents=[common], help="loader, label reads and target builder")
     add_config_arguments(data, required=False,
                          config_help=f"config whose data.train.transforms to use (default {DEFAULT_CONFIG})")
     defaults = DataSettings(transforms=[])
@@ -47,7 +49,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="distinct classes a synthetic label map draws from, one timing each "
                            f"(default {' '.join(map(str, defaults.classes_per_image))})")
     data.add_argument("--data-dir", help="keep and reuse the demo data here (default: a temporary directory)")
-    data.add_argument("--json", help="also write the results as JSON to this file")
     data.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, not a measurement)")
     return parser.parse_args(argv)
 
@@ -61,10 +62,18 @@ def data_settings(args: argparse.Namespace) -> DataSettings:
                         **{**(QUICK if args.quick else {}), **options})
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def data_command(args: argparse.Namespace) -> dict:
     results = run_data_benchmark(data_settings(args))
     print(report(results))
+    return results
+
+
+COMMANDS = {"data": data_command}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    results = COMMANDS[args.command](args)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)

@@ -89,7 +89,7 @@ def make_token_targets(labels: paddle.Tensor | np.ndarray, num_classes: int, lab
     only the U classes a sample mentions (top-k ids, ground truth) are pooled, from a compact
     ``[B, U + 1, H, W]`` map whose last slot, the background, stands for every other class (they
     all pool to 0); the output is one row gather from a ``[B, U + 1, 2 + s**2]`` table of targets.
-    Top-k ids must be distinct within a cell. Reads U on the host.
+    A class repeated within a cell keeps one logit, as in the dense scatter. Reads U on the host.
     """
     _check_box_order(box_order)
     if label_size < 1:
