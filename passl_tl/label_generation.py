@@ -15,6 +15,7 @@ import numpy as np
 import paddle
 from paddle import Tensor
 
+from .datasets.token_label import MIN_LABEL_WIDTH
 from .deploy.preprocess import config_eval_transforms
 from .utils.config import Config
 from .utils.dist import all_reduce_sum, rank, world_size
@@ -120,6 +121,9 @@ def generate_token_labels(model: paddle.nn.Layer, dataset: Any, out_root: str, k
     mine = range(rank(), len(dataset), world_size())
     pending = [i for i in mine if not is_valid_label(label_file(out_root, dataset.samples[i][0]), shape)]
     get_logger().info(f"label maps {list(shape)}: {len(pending)} of this process's {len(mine)} images to label")
+    if shape[3] < MIN_LABEL_WIDTH:
+        get_logger().warning(f"label maps {shape[2]}x{shape[3]} are too narrow for training (ImageNetTokenLabel "
+                             f"needs width >= {MIN_LABEL_WIDTH}): label at a larger --img-size")
     loader = paddle.io.DataLoader(_Indexed(dataset, pending), batch_size=batch_size, shuffle=False,
                                   num_workers=num_workers, use_shared_memory=num_workers > 0)
     correct = 0

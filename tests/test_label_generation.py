@@ -184,18 +184,25 @@ def test_tool_resumes(setup, generated, tmp_path, capsys):
 
 
 def test_tool_labels_with_a_cnn_teacher_at_another_size(setup, tmp_path, capsys):
-    """A RegNet replaces the config's model; at 192 px its last map (stride 32) is 6 x 6."""
+    """A RegNet replaces the config's model; its last map has stride 32: 6 x 6 at 192 px, 2 x 2 at 64."""
     base = setup[0]
     paddle.seed(4)
     weights = str(base / "regnet.pdparams")
     paddle.save(build_model({"name": "regnety_002", "num_classes": 5}).state_dict(), weights)
-    out = str(tmp_path / "cnn")
-    args = tool_args(setup, out, "--img-size", "192", "--topk", "2", "--transfer")
-    args[args.index("--teacher-weights") + 1] = weights
-    generate_token_labels.main([*args, "-o", "model={name: regnety_002, num_classes: 5}"])
-    labels = read_labels(out)
+
+    def run(size):
+        out = str(tmp_path / f"cnn{size}")
+        args = tool_args(setup, out, "--img-size", str(size), "--topk", "2", "--transfer")
+        args[args.index("--teacher-weights") + 1] = weights
+        generate_token_labels.main([*args, "-o", "model={name: regnety_002, num_classes: 5}"])
+        return read_labels(out), capsys.readouterr().out
+
+    labels, printed = run(192)
     assert len(labels) == NUM_IMAGES and all(label.shape == (2, 2, 6, 6) for label in labels.values())
-    assert "teacher top-1 not reported (--transfer)" in capsys.readouterr().out
+    assert "teacher top-1 not reported (--transfer)" in printed and "too narrow" not in printed
+    labels, printed = run(64)
+    assert all(label.shape == (2, 2, 2, 2) for label in labels.values())
+    assert "label maps 2x2 are too narrow for training" in printed
 
 
 def test_tool_refuses_an_image_size_the_teacher_was_not_built_for(setup, tmp_path):
