@@ -15,6 +15,7 @@ import numpy as np
 import paddle
 from paddle import Tensor
 
+from .datasets.label_files import NPY_SUFFIX, is_complete_label, label_key, save_npy_atomic
 from .datasets.token_label import MIN_LABEL_WIDTH
 from .deploy.preprocess import config_eval_transforms
 from .utils.config import Config
@@ -49,8 +50,7 @@ def eval_transform_specs(cfg: Config, img_size: int | None, crop_pct: float) -> 
 
 def label_file(out_root: str, image_path: str) -> str:
     """``<out_root>/<image's directory name>/<image stem>.npy``."""
-    stem = os.path.splitext(os.path.basename(image_path))[0]
-    return os.path.join(out_root, os.path.basename(os.path.dirname(image_path)), stem + ".npy")
+    return os.path.join(out_root, label_key(image_path) + NPY_SUFFIX)
 
 
 def top_k_maps(dense: Tensor, k: int) -> np.ndarray:
@@ -58,24 +58,6 @@ def top_k_maps(dense: Tensor, k: int) -> np.ndarray:
     (descending) and their class ids."""
     values, ids = paddle.topk(dense, k, axis=1)
     return np.stack([values.numpy(), ids.numpy()], axis=1).astype(LABEL_DTYPE)
-
-
-def is_valid_label(path: str, shape: Sequence[int]) -> bool:
-    """Whether ``path`` is a complete float16 label file of ``shape``."""
-    try:
-        label = np.load(path, mmap_mode="r")
-    except (OSError, ValueError):
-        return False
-    return label.dtype == LABEL_DTYPE and label.shape == tuple(shape)
-
-
-def save_atomically(path: str, array: np.ndarray) -> None:
-    """Write ``path`` through a temporary file renamed into place: it is complete or absent."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
 
 
 class _Indexed(paddle.io.Dataset):
@@ -119,7 +101,7 @@ def generate_token_labels(model: paddle.nn.Layer, dataset: Any, out_root: str, k
     model.eval()
     shape = label_shape(model, dataset[0][0], k)
     mine = range(rank(), len(dataset), world_size())
-    pending = [i for i in mine if not is_valid_label(label_file(out_root, dataset.samples[i][0]), shape)]
+    pending = [i for i in mine if not is_complete_label(label_file(out_root, dataset.samples[i][0]), shape)]
     get_logger().info(f"label maps {list(shape)}: {len(pending)} of this process's {len(mine)} images to label")
     if shape[3] < MIN_LABEL_WIDTH:
         get_logger().warning(f"label maps {shape[2]}x{shape[3]} are too narrow for training (ImageNetTokenLabel "
@@ -130,7 +112,7 @@ def generate_token_labels(model: paddle.nn.Layer, dataset: Any, out_root: str, k
     for step, (images, targets, indices) in enumerate(loader, 1):
         dense = model.dense_logits(images)
         for index, label in zip(indices.numpy().tolist(), top_k_maps(dense, k)):
-            save_atomically(label_file(out_root, dataset.samples[index][0]), label)
+            save_npy_atomic(label, label_file(out_root, dataset.samples[index][0]))
         correct += int((dense.mean(axis=[2, 3]).argmax(axis=1) == targets).astype("int64").sum())
         if step % log_interval == 0 or step == len(loader):
             get_logger().info(f"labelled {min(step * batch_size, len(pending))}/{len(pending)} images")
