@@ -141,19 +141,20 @@ def _run(settings: DataSettings, data_dir: str) -> dict[str, Any]:
 def loader_rates(datasets: Mapping[str, ImageNetTokenLabel], settings: DataSettings,
                  workers: int) -> dict[str, dict[str, float]]:
     """Images/s of each dataset's training loader over whole epochs, timed from the first batch
-    (worker start-up excluded); the datasets take turns epoch by epoch, so load from elsewhere on
-    the machine hits them alike."""
+    (worker start-up excluded); the datasets take turns epoch by epoch in an order that rotates every
+    epoch, so load from elsewhere on the machine and the place in the turn weigh on them alike."""
     loaders = {name: build_loader(dataset, settings.batch_size, workers, train=True, seed=0)
                for name, dataset in datasets.items()}
     batches = min(len(loader) for loader in loaders.values())
     if batches < 2:
         raise ValueError(f"{settings.images} images make {batches} batch of {settings.batch_size}: need 2 or more")
     seconds: dict[str, list[float]] = {name: [] for name in loaders}
+    names = list(loaders)
     for epoch in range(settings.warmup + settings.repeats):
-        for name, loader in loaders.items():
+        for name in names[epoch % len(names):] + names[:epoch % len(names)]:
             datasets[name].set_epoch(epoch)
-            loader.batch_sampler.set_epoch(epoch)
-            seconds[name].append(_epoch_seconds(loader))
+            loaders[name].batch_sampler.set_epoch(epoch)
+            seconds[name].append(_epoch_seconds(loaders[name]))
     return {name: rates(times[settings.warmup:], (batches - 1) * settings.batch_size)
             for name, times in seconds.items()}
 
