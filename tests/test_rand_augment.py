@@ -373,3 +373,13 @@ def test_exact_label_geometry_is_the_default():
     """The official label ops miss the image geometry (rotation centre, shear origin, aspect):
     we follow the image exactly by default and keep the official ops behind an option."""
     assert RandAugmentWithLabel().label_geometry == "exact"
+
+
+def test_posterize_to_zero_bits_is_black():
+    """PosterizeIncreasing at magnitude 10 asks for 0 bits (about 2% of draws with mstd0.5)."""
+    img = Image.fromarray(np.random.RandomState(0).randint(0, 256, (6, 8, 3), dtype=np.uint8))
+    assert not np.asarray(ra.posterize(img, 0)).any()
+    assert np.array_equal(np.asarray(ra.posterize(img, 8)), np.asarray(img))
+    t = RandAugmentWithLabel("rand-n1-m10-mstd0-inc1", ops=["PosterizeIncreasing"])
+    for seed in range(8):  # every draw applies or skips the op; none raises
+        t({"img": img}, random.Random(seed))

@@ -36,8 +36,12 @@ LABEL_GEOMETRIES = ("official", "exact")
 
 # ----------------------------------------------------------------------------- colour ops (timm)
 def posterize(img: Image.Image, bits: int) -> Image.Image:
-    """Keep the ``bits`` most significant bits of each channel (identity from 8 bits)."""
-    return img if bits >= 8 else ImageOps.posterize(img, bits)
+    """Keep the ``bits`` most significant bits of each channel (identity from 8 bits, black at 0:
+    ``PosterizeIncreasing`` reaches 0 at magnitude 10, which older Pillow turned black and
+    Pillow >= 10 refuses)."""
+    if bits >= 8:
+        return img
+    return ImageOps.posterize(img, bits) if bits >= 1 else Image.new(img.mode, img.size)
 
 
 def solarize_add(img: Image.Image, add: int, thresh: int = 128) -> Image.Image:
