@@ -1,6 +1,8 @@
 """Benchmarks, by subcommand.
 
     python tools/benchmark.py data [-c CONFIG] [-o KEY=VALUE ...] [--workers N] [--json OUT] [--quick]
+    python tools/benchmark.py model [--model lvvit_tiny] [--batch-size 16] [--img-size 224] [--threads 2]
+                                    [--precision fp32|bf16|fp16] [--warmup 2] [--repeats 10] [--json OUT] [--quick]
 
 data: images/s of the training loader (the config's training transforms on synthetic demo images)
 without token labels, with per-file labels and with packed labels, at 0 and N workers; label
@@ -8,6 +10,12 @@ reads/s per file and packed; ms per batch of the token-target builder against th
 formulation (outputs asserted equal). Medians and min-max over --repeats after --warmup. Prints
 Markdown tables and the issue's checks; --json also writes every number. --quick: tiny sizes, a
 smoke test only.
+
+model: images/s of the full training step, run by the trainer itself (Trainer.train over a loader
+repeating one synthetic batch: token targets, MixToken box, forward, loss, backward, AdamW step) and
+of the eval forward (no_grad), each in a fresh process with the thread count set before Paddle loads;
+median and min-max over --repeats after --warmup, peak resident memory of each process, the threads
+and AMP precision actually in effect, and the issue's targets. --quick: tiny sizes, a smoke test only.
 """
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ import os
 import sys
 
 from passl_tl.engine import DEFAULTS
+from passl_tl.tools_support import benchmark_model
 from passl_tl.tools_support.benchmark_data import DataSettings, report, run_data_benchmark
 from passl_tl.utils.cli import add_config_arguments, run_tool
 from passl_tl.utils.config import load_config
@@ -27,6 +36,9 @@ SIZE_OPTIONS = ("images", "image_size", "batch_size", "workers", "repeats", "war
                 "classes_per_image", "data_dir")
 QUICK = dict(images=16, image_size=64, batch_size=4, workers=1, repeats=1, warmup=0, target_batch=4,
              classes_per_image=[8])
+MODEL_OPTIONS = ("model", "batch_size", "img_size", "threads", "precision", "warmup", "repeats", "num_classes",
+                 "classes_per_image")
+MODEL_QUICK = dict(batch_size=2, img_size=64, warmup=1, repeats=2, num_classes=10, classes_per_image=8)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,6 +62,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            f"(default {' '.join(map(str, defaults.classes_per_image))})")
     data.add_argument("--data-dir", help="keep and reuse the demo data here (default: a temporary directory)")
     data.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, not a measurement)")
+    model = commands.add_parser("model", parents=[common], help="training step and eval forward of a preset")
+    add_config_arguments(model, required=False, config_help="training recipe (optimizer, targets, hooks, amp; "
+                                                            f"default {benchmark_model.DEFAULT_CONFIG})")
+    mdefaults = benchmark_model.ModelSettings()
+    model.add_argument("--model", help=f"model preset (default {mdefaults.model})")
+    model.add_argument("--batch-size", type=int, help=f"images per step (default {mdefaults.batch_size})")
+    model.add_argument("--img-size", type=int, help=f"image side in pixels (default {mdefaults.img_size})")
+    model.add_argument("--threads", type=int, help=f"CPU math threads (default {mdefaults.threads})")
+    model.add_argument("--precision", choices=list(benchmark_model.PRECISIONS),
+                       help=f"fp32, or AMP O1 in bf16/fp16 (default {mdefaults.precision})")
+    model.add_argument("--warmup", type=int, help=f"untimed steps first (default {mdefaults.warmup})")
+    model.add_argument("--repeats", type=int, help=f"timed steps (default {mdefaults.repeats})")
+    model.add_argument("--num-classes", type=int, help=f"classes (default {mdefaults.num_classes})")
+    model.add_argument("--classes-per-image", type=int,
+                       help=f"distinct classes a synthetic label map mentions (default {mdefaults.classes_per_image})")
+    model.add_argument("--in-process", action="store_true",
+                       help="both phases in this process (the peak RSS is then the larger of the two)")
+    model.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, not a measurement)")
     return parser.parse_args(argv)
 
 
@@ -68,7 +98,21 @@ def data_command(args: argparse.Namespace) -> dict:
     return results
 
 
-COMMANDS = {"data": data_command}
+def model_settings(args: argparse.Namespace) -> benchmark_model.ModelSettings:
+    """Explicit options over the --quick sizes over the defaults."""
+    options = {k: v for k, v in vars(args).items() if k in MODEL_OPTIONS and v is not None}
+    return benchmark_model.ModelSettings(config=args.config or benchmark_model.DEFAULT_CONFIG,
+                                         overrides=list(args.override or []), subprocess=not args.in_process,
+                                         **{**(MODEL_QUICK if args.quick else {}), **options})
+
+
+def model_command(args: argparse.Namespace) -> dict:
+    results = benchmark_model.run_model_benchmark(model_settings(args))
+    print(benchmark_model.report(results))
+    return results
+
+
+COMMANDS = {"data": data_command, "model": model_command}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,0 +1,303 @@
+"""Model benchmark: images/s of the full training step and of the eval forward, and peak memory.
+
+The training step is the trainer's own: a ``Trainer`` built from the preset's config (model,
+AdamW from the optimizer registry, ``TokenLabelTargets`` i.e. ``make_token_targets``, the
+LR-scheduler, optimizer and MixToken hooks, AMP from ``amp_context_from``) runs ``Trainer.train``
+over a loader that hands it the same synthetic batch (random images, ``[B, 3, 5, 18, 18]`` packed
+token labels) every iteration. One timed iteration is the whole loop body, from the loader handing
+over the batch to asking for the next: target building, MixToken box, forward in train mode with
+the box, ``model.loss``, backward, ``optimizer.step()``, ``clear_grad()``. Not run: EMA, logging,
+evaluation and checkpoint hooks, and the data loader (``tools/benchmark.py data`` times that).
+
+The eval forward is ``evaluate``'s: ``model.eval()``, ``paddle.no_grad()``, the AMP context.
+
+Each phase runs in a fresh subprocess (thread variables set before Paddle is imported), so the
+peak resident memory (``ru_maxrss``) of one phase does not mask the other's.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Mapping
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "lvvit", "lvvit_tiny.yaml")
+PRECISIONS = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
+PHASES = ("train", "eval")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+TRAIN_HOOKS = ("lr_scheduler", "optimizer", "mixtoken")  # the hooks a training step runs (from the config)
+# The issue's targets (official PyTorch LV-ViT-T, fp32, CPU, 2 threads, batch 16, 224 px).
+TARGETS = {"train_images_per_s": 7.7, "eval_images_per_s": 26.0, "peak_rss_mb": 2.1 * 1024}
+TARGET_SETTINGS = dict(model="lvvit_tiny", batch_size=16, img_size=224, threads=2, precision="fp32")
+
+
+@dataclass
+class ModelSettings:
+    model: str = "lvvit_tiny"
+    batch_size: int = 16
+    img_size: int = 224
+    threads: int = 2
+    precision: str = "fp32"
+    warmup: int = 2
+    repeats: int = 10
+    num_classes: int = 1000
+    classes_per_image: int = 32     # distinct classes a synthetic label map mentions (see synthetic_token_labels)
+    config: str = DEFAULT_CONFIG    # training recipe: optimizer, target builder, hooks, AMP settings
+    overrides: list[str] = field(default_factory=list)  # extra -o KEY=VALUE on that config
+    subprocess: bool = True         # each phase in a fresh process (separate peak RSS)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.threads < 1 or self.batch_size < 1 or self.repeats < 1 or self.warmup < 0:
+            raise ValueError("need threads, batch_size, repeats >= 1 and warmup >= 0")
+
+
+def run_model_benchmark(settings: ModelSettings) -> dict[str, Any]:
+    """Both phases (each in a fresh subprocess unless ``settings.subprocess`` is false) as a JSON-ready dict."""
+    from .timing import machine
+    results: dict[str, Any] = {"machine": machine(), "settings": asdict(settings)}
+    for phase in PHASES:
+        results[phase] = _phase_in_subprocess(settings, phase) if settings.subprocess else run_phase(settings, phase)
+    results["machine"]["load_average_after"] = machine()["load_average"]
+    results["checks"] = checks(results)
+    return results
+
+
+def _phase_in_subprocess(settings: ModelSettings, phase: str) -> dict[str, Any]:
+    env = {**os.environ, **{name: str(settings.threads) for name in THREAD_VARIABLES}}
+    with tempfile.TemporaryDirectory(prefix="passl_tl_bench_model_") as tmp:
+        out = os.path.join(tmp, "phase.json")
+        command = [sys.executable, "-m", __name__, phase, json.dumps(asdict(settings)), out]
+        done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"the {phase} benchmark process failed ({done.returncode}):\n{done.stderr[-4000:]}")
+        with open(out, encoding="utf-8") as f:
+            return json.load(f)
+
+
+def run_phase(settings: ModelSettings, phase: str) -> dict[str, Any]:
+    """Time one phase in this process; ``peak_rss_mb`` is this process's peak so far."""
+    import numpy as np
+    import paddle
+
+    from ..engine import DEFAULTS
+    from ..engine.trainer import amp_context_from
+    from ..models import build_model
+    from ..utils.config import load_config
+    from .benchmark_data import synthetic_token_labels
+    from .timing import rates, summary
+
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+    paddle.set_device("cpu")
+    paddle.base.core.set_num_threads(settings.threads)
+    dtype = PRECISIONS[settings.precision]
+    amp = [f"amp.enable={dtype is not None}"] + ([f"amp.dtype={dtype}"] if dtype else [])
+    cfg = load_config(settings.config, [f"model.name={settings.model}", f"model.img_size={settings.img_size}",
+                                        f"model.num_classes={settings.num_classes}",
+                                        f"data.target.num_classes={settings.num_classes}",
+                                        "device=cpu", *amp, *settings.overrides], DEFAULTS)
+    paddle.seed(cfg["seed"])
+    model = build_model(cfg)
+    rng = np.random.default_rng(0)
+    images = paddle.to_tensor(rng.standard_normal((settings.batch_size, 3, settings.img_size, settings.img_size),
+                                                  dtype=np.float32))
+    amp_probe = _AmpProbe(model)
+    if phase == "train":
+        labels = paddle.to_tensor(synthetic_token_labels(settings.batch_size, settings.num_classes,
+                                                         min(settings.classes_per_image, settings.num_classes),
+                                                         image_size=settings.img_size))
+        seconds, extra = _train_seconds(cfg, model, images, labels, settings)
+    else:
+        amp_context = amp_context_from(cfg["amp"])
+        model.eval()
+
+        @paddle.no_grad()
+        def forward() -> None:
+            with amp_context() if amp_context else contextlib.nullcontext():
+                model(images)
+
+        seconds = _repeat(forward, settings)
+        extra = {}
+    timed = seconds[settings.warmup:]
+    return {"images_per_s": rates(timed, settings.batch_size), "seconds": summary(timed),
+            "warmup_seconds": seconds[:settings.warmup],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "threads": threads_in_effect(settings.threads), "amp": amp_probe.report(cfg["amp"]),
+            "parameters": int(sum(int(np.prod(p.shape)) for p in model.parameters())), **extra}
+
+
+def _repeat(fn, settings: ModelSettings) -> list[float]:
+    seconds = []
+    for _ in range(settings.warmup + settings.repeats):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+class _SameBatchLoader:
+    """Stands in for the training DataLoader: yields one batch ``iters`` times, and records the seconds
+    of every loop iteration (from handing over a batch to being asked for the next)."""
+
+    class _Sampler:
+        def __init__(self, batch_size: int, iters: int):
+            self.batch_size, self.iters = batch_size, iters
+
+        def __len__(self) -> int:
+            return self.iters
+
+        def set_epoch(self, epoch: int) -> None:
+            pass
+
+        def set_start_iter(self, start_iter: int) -> None:
+            pass
+
+    def __init__(self, images, labels, iters: int):
+        self.batch = (images, labels)
+        self.batch_sampler = self._Sampler(images.shape[0], iters)
+        self.dataset = None
+        self.seconds: list[float] = []
+
+    def __iter__(self) -> Iterator:
+        for _ in range(len(self.batch_sampler)):
+            start = time.perf_counter()
+            yield self.batch
+            self.seconds.append(time.perf_counter() - start)
+
+
+def _train_seconds(cfg, model, images, labels, settings: ModelSettings) -> tuple[list[float], dict[str, Any]]:
+    """``Trainer.train`` for one epoch of ``warmup + repeats`` iterations of the same batch."""
+    import paddle
+
+    from ..engine.data import build_target_builder
+    from ..engine.trainer import Trainer
+    from ..utils.registry import HOOKS, LR_SCHEDULERS, OPTIMIZERS
+
+    loader = _SameBatchLoader(images, labels, settings.warmup + settings.repeats)
+    optimizer = OPTIMIZERS.build(cfg["optimizer"], f"optimizer of {cfg.source}", model=model)
+    lr_scheduler = LR_SCHEDULERS.build(cfg["lr_scheduler"], f"lr_scheduler of {cfg.source}",
+                                       base_lr=cfg["optimizer"]["lr"], epochs=cfg["epochs"])
+    hooks = {key: HOOKS.build(cfg["hooks"][key], f"hooks.{key} of {cfg.source}") for key in TRAIN_HOOKS}
+    target = {**cfg["data"]["target"], "label_size": model.grid_size[0]}
+    amp = cfg["amp"]
+    scaler = (paddle.amp.GradScaler(init_loss_scaling=amp["init_loss_scaling"])
+              if amp["enable"] and amp["dtype"] == "float16" else None)
+    with tempfile.TemporaryDirectory(prefix="passl_tl_bench_train_") as tmp:
+        cfg["output_dir"] = tmp
+        trainer = Trainer(cfg, model, loader, None, optimizer, lr_scheduler, hooks,
+                          build_target_builder(target, f"data.target of {cfg.source}"), scaler)
+        trainer.max_epochs = 1
+        trainer.train()
+    loss = float(trainer.loss)
+    mixed = trainer.mix_box is not None
+    return loader.seconds, {"loss": loss, "hooks": [type(h).__name__ for h in trainer.hooks.values()],
+                            "target_builder": type(trainer.target_builder).__name__,
+                            "last_mix_box": list(trainer.mix_box) if mixed else None,
+                            "grad_scaler": scaler is not None}
+
+
+class _AmpProbe:
+    """Records the output dtypes of the model's Linear layers (does AMP act on this device?)."""
+
+    def __init__(self, model):
+        import paddle
+        self.dtypes: set[str] = set()
+        for layer in model.sublayers():
+            if isinstance(layer, paddle.nn.Linear):
+                layer.register_forward_post_hook(self._hook)
+
+    def _hook(self, layer, inputs, output) -> None:
+        self.dtypes.add(str(output.dtype).replace("paddle.", ""))
+
+    def report(self, amp: Mapping[str, Any]) -> dict[str, Any]:
+        requested = amp["dtype"] if amp["enable"] else "float32"
+        return {"requested": requested, "linear_output_dtypes": sorted(self.dtypes),
+                "applied": requested == "float32" or requested in self.dtypes}
+
+
+def threads_in_effect(requested: int) -> dict[str, Any]:
+    """What the loaded OpenMP/MKL runtimes report, the thread variables, and the OS threads now."""
+    found: dict[str, Any] = {"requested": requested,
+                             "env": {name: os.environ.get(name) for name in THREAD_VARIABLES}}
+    with open("/proc/self/maps", encoding="utf-8") as f:
+        libs = sorted({line.split()[-1] for line in f if "/" in line and any(
+            key in line.rsplit("/", 1)[-1] for key in ("libiomp5", "libmklml", "libgomp"))})
+    for path in libs:
+        lib = ctypes.CDLL(path)
+        for function in ("omp_get_max_threads", "mkl_get_max_threads"):
+            if hasattr(lib, function):
+                found[f"{os.path.basename(path).split('.so')[0]}.{function}"] = int(getattr(lib, function)())
+    omp = [v for k, v in found.items() if k.startswith(("libiomp5", "libmklml"))]
+    found["in_effect"] = omp[0] if omp and len(set(omp)) == 1 else (omp or None)
+    with open("/proc/self/status", encoding="utf-8") as f:
+        found["os_threads"] = int(next(line.split()[1] for line in f if line.startswith("Threads:")))
+    return found
+
+
+def checks(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets against the medians (meaningful at the target settings, noted otherwise)."""
+    s = results["settings"]
+    comparable = all(s[k] == v for k, v in TARGET_SETTINGS.items())
+    values = {"train_images_per_s": results["train"]["images_per_s"]["median"],
+              "eval_images_per_s": results["eval"]["images_per_s"]["median"],
+              "peak_rss_mb": max(results["train"]["peak_rss_mb"], results["eval"]["peak_rss_mb"])}
+    out = []
+    for name, value in values.items():
+        target = TARGETS[name]
+        met = value <= target if name == "peak_rss_mb" else value >= target
+        out.append({"check": name, "value": value, "target": (f"<= {target:.0f}" if name == "peak_rss_mb"
+                                                              else f">= {target:g}"),
+                    "met": met, "comparable": comparable})
+    return out
+
+
+def report(results: Mapping[str, Any]) -> str:
+    from .timing import format_table
+    m, s = results["machine"], results["settings"]
+    rows = []
+    for phase in PHASES:
+        r = results[phase]
+        ips = r["images_per_s"]
+        rows.append([phase, ips["median"], f"{_num(ips['min'])}-{_num(ips['max'])}",
+                     1000.0 * r["seconds"]["median"], r["peak_rss_mb"], str(r["threads"]["in_effect"]),
+                     r["amp"]["requested"] + ("" if r["amp"]["applied"] else " (not applied: "
+                                              + "/".join(r["amp"]["linear_output_dtypes"]) + ")")])
+    train = results["train"]
+    lines = [
+        f"machine: {m['cpu']}, {m['cpus']} CPUs, load average {m['load_average'][0]} -> "
+        f"{m['load_average_after'][0]}; {m['system']}; Python {m['python']}, Paddle {m['paddle']}, numpy {m['numpy']}",
+        f"model: {s['model']} ({train['parameters'] / 1e6:.2f}M parameters), batch {s['batch_size']}, "
+        f"{s['img_size']}x{s['img_size']}, {s['threads']} threads, {s['precision']}; median of {s['repeats']} "
+        f"after {s['warmup']} warm-up; each phase in {'a fresh process' if s['subprocess'] else 'this process'}",
+        f"train step: Trainer.train with hooks {', '.join(train['hooks'])}, targets by {train['target_builder']} "
+        f"(synthetic [B, 3, 5, 18, 18] labels), forward with MixToken, loss, backward, AdamW step; "
+        f"last loss {train['loss']:.4f}",
+        format_table(["phase", "images/s", "min-max", "ms/batch", "peak RSS MB", "threads", "precision"], rows),
+    ]
+    check_rows = [[c["check"], _num(c["value"]), c["target"], "yes" if c["met"] else "NO"] for c in results["checks"]]
+    note = "" if results["checks"][0]["comparable"] else " (settings differ from the target's: not comparable)"
+    lines += [f"targets (official PyTorch, fp32, 2 threads, batch 16, 224 px, lvvit_tiny){note}",
+              format_table(["check", "value", "target", "met"], check_rows)]
+    return "\n\n".join(lines)
+
+
+def _num(value: float) -> str:
+    from .timing import format_number
+    return format_number(float(value))
+
+
+if __name__ == "__main__":  # python -m passl_tl.tools_support.benchmark_model PHASE SETTINGS_JSON OUT
+    _phase, _settings, _out = sys.argv[1:4]
+    _result = run_phase(ModelSettings(**json.loads(_settings)), _phase)
+    with open(_out, "w", encoding="utf-8") as _f:
+        json.dump(_result, _f)
