@@ -106,3 +106,77 @@ def test_synthetic_labels():
 def test_a_subcommand_is_required(capsys):
     with pytest.raises(SystemExit):
         benchmark.main([])
+
+
+# ----------------------------------------------------------------------------- model part
+from passl_tl.tools_support import benchmark_model  # noqa: E402
+
+PHASE_KEYS = {"images_per_s", "seconds", "warmup_seconds", "peak_rss_mb", "threads", "amp", "parameters"}
+TRAIN_KEYS = PHASE_KEYS | {"loss", "hooks", "target_builder", "last_mix_box", "grad_scaler"}
+
+
+@pytest.fixture(scope="module")
+def quick_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_model") / "model.json"
+    returned = benchmark.main(["model", "--quick", "--threads", "1", "--json", str(out)])
+    with open(out, encoding="utf-8") as f:
+        return returned, json.load(f)
+
+
+def test_model_json_has_every_measurement(quick_model):
+    returned, results = quick_model
+    assert results == json.loads(json.dumps(returned))
+    assert set(results) == {"machine", "settings", "train", "eval", "checks"}
+    assert {"cpu", "cpus", "load_average", "load_average_after", "paddle"} <= set(results["machine"])
+    settings = results["settings"]
+    assert settings["batch_size"] == benchmark.MODEL_QUICK["batch_size"] and settings["threads"] == 1
+    assert settings["subprocess"] is True and settings["precision"] == "fp32"
+    assert set(results["train"]) == TRAIN_KEYS and set(results["eval"]) == PHASE_KEYS
+    for phase in ("train", "eval"):
+        r = results[phase]
+        assert set(r["images_per_s"]) == set(r["seconds"]) == STATS and r["images_per_s"]["median"] > 0
+        assert len(r["warmup_seconds"]) == settings["warmup"]
+        assert r["peak_rss_mb"] > 0
+        assert r["threads"]["requested"] == 1 and r["threads"]["env"]["OMP_NUM_THREADS"] == "1"
+        assert r["threads"]["in_effect"] == 1  # the OpenMP runtime Paddle loaded reports the requested count
+        assert r["amp"] == {"requested": "float32", "linear_output_dtypes": ["float32"], "applied": True}
+    train = results["train"]
+    assert train["hooks"] == ["LRSchedulerHook", "MixTokenHook", "OptimizerHook"]
+    assert train["target_builder"] == "TokenLabelTargets" and np.isfinite(train["loss"])
+    assert [c["check"] for c in results["checks"]] == ["train_images_per_s", "eval_images_per_s", "peak_rss_mb"]
+    for check in results["checks"]:
+        assert set(check) == {"check", "value", "target", "met", "comparable"} and check["comparable"] is False
+
+
+def test_model_report_tables(quick_model):
+    _, results = quick_model
+    text = benchmark_model.report(results)
+    for heading in ("machine:", "model:", "train step:", "| phase | images/s | min-max", "| check "):
+        assert heading in text
+    assert "| train " in text and "| eval " in text and "not comparable" in text
+
+
+def test_model_train_step_is_the_trainers(monkeypatch):
+    """The timed step runs Trainer.train_step and the optimizer hook once per iteration (no shortcut)."""
+    from passl_tl.engine.hooks.optimizer import OptimizerHook
+    from passl_tl.engine.trainer import Trainer
+    calls = {"train_step": 0, "after_train_iter": 0}
+    for cls, name in ((Trainer, "train_step"), (OptimizerHook, "after_train_iter")):
+        real = getattr(cls, name)
+
+        def counted(*args, _real=real, _name=name):
+            calls[_name] += 1
+            return _real(*args)
+        monkeypatch.setattr(cls, name, counted)
+    settings = benchmark_model.ModelSettings(batch_size=2, img_size=32, warmup=1, repeats=2, num_classes=10,
+                                             classes_per_image=6, subprocess=False, threads=1)
+    result = benchmark_model.run_phase(settings, "train")
+    assert calls == {"train_step": 3, "after_train_iter": 3}
+    assert len(result["warmup_seconds"]) == 1 and np.isfinite(result["loss"])
+
+
+def test_model_bad_settings():
+    with pytest.raises(ValueError, match="precision"):
+        benchmark_model.ModelSettings(precision="int8")
+    with pytest.raises(SystemExit):
+        benchmark.main(["model", "--precision", "int8"])
