@@ -20,6 +20,7 @@ from passl_tl.utils.cli import add_config_arguments, run_tool
 from passl_tl.utils.config import ConfigError, dump_config, load_config
 from passl_tl.utils.dist import init_distributed, is_main
 from passl_tl.utils.logger import setup_logger
+from passl_tl.utils.threads import set_cpu_threads
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg["seed"] = args.seed
     amp_context_from(cfg["amp"])  # validates the amp section before any heavy work
     paddle.set_device(cfg["device"])
+    set_cpu_threads(cfg["threads"])
     init_distributed()
     logger = setup_logger(None if args.evaluate_only else cfg["output_dir"])
     seed_everything(cfg["seed"])
