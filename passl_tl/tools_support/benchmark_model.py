@@ -93,13 +93,14 @@ def run_phase(settings: ModelSettings, phase: str) -> dict[str, Any]:
     from ..engine.trainer import amp_context_from
     from ..models import build_model
     from ..utils.config import load_config
+    from ..utils.threads import set_cpu_threads
     from .benchmark_data import synthetic_token_labels
     from .timing import rates, summary
 
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     paddle.set_device("cpu")
-    paddle.base.core.set_num_threads(settings.threads)
+    set_cpu_threads(settings.threads)  # as tools/train.py applies the config's threads
     dtype = PRECISIONS[settings.precision]
     amp = [f"amp.enable={dtype is not None}"] + ([f"amp.dtype={dtype}"] if dtype else [])
     cfg = load_config(settings.config, [f"model.name={settings.model}", f"model.img_size={settings.img_size}",
