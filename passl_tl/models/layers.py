@@ -148,8 +148,10 @@ class Attention(nn.Layer):
 
     def forward(self, x: Tensor) -> Tensor:
         B, N, _ = x.shape
-        qkv = self.qkv(x).reshape([B, N, 3, self.num_heads, self.head_dim]).transpose([2, 0, 3, 1, 4])
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        # one unbind (a single backward node) rather than three slices, each of whose backward
+        # writes a zero-filled full-size qkv gradient
+        q, k, v = paddle.unbind(
+            self.qkv(x).reshape([B, N, 3, self.num_heads, self.head_dim]).transpose([2, 0, 3, 1, 4]), axis=0)
         attn = F.softmax(paddle.matmul(q * self.scale, k, transpose_y=True), axis=-1)
         x = paddle.matmul(self.attn_drop(attn), v).transpose([0, 2, 1, 3]).reshape([B, N, -1])
         x = self.proj_drop(self.proj(x))
