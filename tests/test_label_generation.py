@@ -180,7 +180,11 @@ def test_tool_resumes(setup, generated, tmp_path, capsys):
     labels = read_labels(out)
     assert labels.keys() == expected.keys()  # no temporary files left behind
     for name in expected:
-        np.testing.assert_array_equal(labels[name], expected[name])
+        # The 3 regenerated images run in a smaller batch than at first: float32 matmuls then
+        # round differently, which can move a logit by one float16 step (ids stay the same).
+        np.testing.assert_array_equal(labels[name][1], expected[name][1])
+        np.testing.assert_allclose(labels[name][0].astype(np.float32), expected[name][0].astype(np.float32),
+                                   rtol=2e-3, atol=1e-4)
 
 
 def test_tool_labels_with_a_cnn_teacher_at_another_size(setup, tmp_path, capsys):
