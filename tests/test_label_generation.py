@@ -73,6 +73,7 @@ def test_dense_logits_of_a_cnn_apply_fc_at_each_position_of_its_last_map():
     dense = model.dense_logits(x).numpy()
     expected = by_hand(model.head.fc, feature_map.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     assert dense.shape == (2, 6, 3, 2)
+    # float32 RegNet features of magnitude ~10 through a 1x1 classifier in another summation order
     np.testing.assert_allclose(dense, expected, atol=1e-4)
     # fc is linear: the mean over positions is the pooled model's output
     np.testing.assert_allclose(dense.mean(axis=(2, 3)), model(x).numpy(), atol=1e-4)
