@@ -131,7 +131,8 @@ def test_model_json_has_every_measurement(quick_model):
     settings = results["settings"]
     assert settings["batch_size"] == benchmark.MODEL_QUICK["batch_size"] and settings["threads"] == 1
     assert settings["subprocess"] is True and settings["precision"] == "fp32"
-    assert set(results["train"]) == TRAIN_KEYS and set(results["eval"]) == PHASE_KEYS
+    assert set(results["train"]) == TRAIN_KEYS and set(results["eval"]) == PHASE_KEYS | {"backend"}
+    assert settings["eval_backend"] == "auto" and results["eval"]["backend"] == "onednn"  # auto on this CPU
     for phase in ("train", "eval"):
         r = results[phase]
         assert set(r["images_per_s"]) == set(r["seconds"]) == STATS and r["images_per_s"]["median"] > 0
@@ -151,9 +152,9 @@ def test_model_json_has_every_measurement(quick_model):
 def test_model_report_tables(quick_model):
     _, results = quick_model
     text = benchmark_model.report(results)
-    for heading in ("machine:", "model:", "train step:", "| phase | images/s | min-max", "| check "):
+    for heading in ("machine:", "model:", "train step:", "| phase ", "| images/s | min-max", "| check "):
         assert heading in text
-    assert "| train " in text and "| eval " in text and "not comparable" in text
+    assert "| train " in text and "| eval (onednn) " in text and "not comparable" in text
 
 
 def test_model_train_step_is_the_trainers(monkeypatch):

@@ -2,7 +2,8 @@
 
     python tools/benchmark.py data [-c CONFIG] [-o KEY=VALUE ...] [--workers N] [--json OUT] [--quick]
     python tools/benchmark.py model [--model lvvit_tiny] [--batch-size 16] [--img-size 224] [--threads 2]
-                                    [--precision fp32|bf16|fp16] [--warmup 2] [--repeats 10] [--json OUT] [--quick]
+                                    [--precision fp32|bf16|fp16] [--eval-backend auto|dygraph|onednn]
+                                    [--warmup 2] [--repeats 10] [--json OUT] [--quick]
 
 data: images/s of the training loader (the config's training transforms on synthetic demo images)
 without token labels, with per-file labels and with packed labels, at 0 and N workers; label
@@ -13,9 +14,10 @@ smoke test only.
 
 model: images/s of the full training step, run by the trainer itself (Trainer.train over a loader
 repeating one synthetic batch: token targets, MixToken box, forward, loss, backward, AdamW step) and
-of the eval forward (no_grad), each in a fresh process with the thread count set before Paddle loads;
-median and min-max over --repeats after --warmup, peak resident memory of each process, the threads
-and AMP precision actually in effect, and the issue's targets. --quick: tiny sizes, a smoke test only.
+of the eval forward (no_grad; --eval-backend as the config key eval_backend), each in a fresh
+process with the thread count set before Paddle loads; median and min-max over --repeats after
+--warmup, peak resident memory of each process, the threads and AMP precision actually in effect,
+and the issue's targets. --quick: tiny sizes, a smoke test only.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import os
 import sys
 
 from passl_tl.engine import DEFAULTS
+from passl_tl.engine.eval_forward import EVAL_BACKENDS
 from passl_tl.tools_support import benchmark_model
 from passl_tl.tools_support.benchmark_data import DataSettings, report, run_data_benchmark
 from passl_tl.utils.cli import add_config_arguments, run_tool
@@ -36,8 +39,8 @@ SIZE_OPTIONS = ("images", "image_size", "batch_size", "workers", "repeats", "war
                 "classes_per_image", "data_dir")
 QUICK = dict(images=16, image_size=64, batch_size=4, workers=1, repeats=1, warmup=0, target_batch=4,
              classes_per_image=[8])
-MODEL_OPTIONS = ("model", "batch_size", "img_size", "threads", "precision", "warmup", "repeats", "num_classes",
-                 "classes_per_image")
+MODEL_OPTIONS = ("model", "batch_size", "img_size", "threads", "precision", "eval_backend", "warmup", "repeats",
+                 "num_classes", "classes_per_image")
 MODEL_QUICK = dict(batch_size=2, img_size=64, warmup=1, repeats=2, num_classes=10, classes_per_image=8)
 
 
@@ -72,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--threads", type=int, help=f"CPU math threads (default {mdefaults.threads})")
     model.add_argument("--precision", choices=list(benchmark_model.PRECISIONS),
                        help=f"fp32, or AMP O1 in bf16/fp16 (default {mdefaults.precision})")
+    model.add_argument("--eval-backend", choices=list(EVAL_BACKENDS),
+                       help=f"eval forward: dygraph, oneDNN via Paddle Inference, or auto (default "
+                            f"{mdefaults.eval_backend})")
     model.add_argument("--warmup", type=int, help=f"untimed steps first (default {mdefaults.warmup})")
     model.add_argument("--repeats", type=int, help=f"timed steps (default {mdefaults.repeats})")
     model.add_argument("--num-classes", type=int, help=f"classes (default {mdefaults.num_classes})")

@@ -22,6 +22,7 @@ import paddle
 from passl_tl.datasets.image_folder import IMG_EXTENSIONS, read_rgb
 from passl_tl.deploy import DygraphPredictor, InferencePredictor, resolve_class_names, top_k
 from passl_tl.utils.cli import add_config_arguments, run_tool
+from passl_tl.utils.threads import set_cpu_threads
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--class-names", help="lines '<id or wnid> <name>' or '<name>', in class order")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
+    parser.add_argument("--threads", type=int, default=0, help="CPU math threads (default 0: all available CPUs)")
     args = parser.parse_args(argv)
     if (args.inference_model is None) == (args.config is None):
         parser.error("give either -c CONFIG --load WEIGHTS or --inference-model DIR")
@@ -42,8 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("-c CONFIG needs --load WEIGHTS")
     if args.override and args.config is None:
         parser.error("-o applies to -c CONFIG only")
-    if args.topk < 1 or args.batch_size < 1:
-        parser.error("--topk and --batch-size must be >= 1")
+    if args.topk < 1 or args.batch_size < 1 or args.threads < 0:
+        parser.error("--topk and --batch-size must be >= 1, --threads >= 0")
     return args
 
 
@@ -78,9 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     """Print the predictions; returns 1 if some image could not be read, else 0."""
     args = parse_args(argv)
     paddle.set_device("cpu")
+    threads = set_cpu_threads(args.threads)
     paths = find_images(args.images)
     if args.inference_model:
-        predictor = InferencePredictor(args.inference_model)
+        predictor = InferencePredictor(args.inference_model, threads)
     else:
         predictor = DygraphPredictor(args.config, args.load, args.override)
     names = resolve_class_names(predictor.num_classes, args.class_names, predictor.class_names)

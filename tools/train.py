@@ -15,6 +15,7 @@ import paddle
 from passl_tl import build_model, load_weights
 from passl_tl.engine import DEFAULTS, Trainer, evaluate, seed_everything
 from passl_tl.engine.data import build_dataset, build_loader, check_data_matches_model
+from passl_tl.engine.eval_forward import resolve_eval_backend
 from passl_tl.engine.trainer import amp_context_from
 from passl_tl.utils.cli import add_config_arguments, run_tool
 from passl_tl.utils.config import ConfigError, dump_config, load_config
@@ -45,7 +46,7 @@ def evaluate_only(cfg, model) -> dict:
     val_set = build_dataset(data["val"], f"data.val of {cfg.source}", cfg["seed"])
     check_data_matches_model(model, None, val_set, None, cfg.source)
     loader = build_loader(val_set, data["val_batch_size"], data["num_workers"], False, cfg["seed"])
-    metrics = evaluate(model, loader, amp_context_from(cfg["amp"]))
+    metrics = evaluate(model, loader, amp_context_from(cfg["amp"]), cfg["eval_backend"])
     if is_main():
         print(f"top-1 {metrics['top1']:.3f}  top-5 {metrics['top5']:.3f}  images {metrics['count']}  "
               f"{metrics['img_per_s']:.1f} img/s", flush=True)
@@ -59,8 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(args.config, args.override, DEFAULTS)
     if args.seed is not None:
         cfg["seed"] = args.seed
-    amp_context_from(cfg["amp"])  # validates the amp section before any heavy work
+    amp_context = amp_context_from(cfg["amp"])  # validates the amp section before any heavy work
     paddle.set_device(cfg["device"])
+    resolve_eval_backend(cfg["eval_backend"], amp_context is not None)
     set_cpu_threads(cfg["threads"])
     init_distributed()
     logger = setup_logger(None if args.evaluate_only else cfg["output_dir"])

@@ -9,12 +9,12 @@ import paddle
 import paddle.nn as nn
 
 from .preprocess import Preprocessor
+from .program import INPUT_NAME, save_program
 
 MODEL_PREFIX = "inference"
 METADATA_FILE = "inference_meta.json"
 FORMAT = "passl_tl.inference"
 VERSION = 1
-INPUT_NAME = "x"
 _REQUIRED = ("format", "version", "model_file", "params_file", "num_classes", "transforms", "class_names")
 
 
@@ -23,8 +23,7 @@ def export_model(model: nn.Layer, out_dir: str, preprocess: Preprocessor,
     """Save ``model``'s eval forward (logits) for inputs ``[N, 3, H, W]`` float32, H×W being what
     ``preprocess`` produces, as ``out_dir/inference.*`` and write ``out_dir/inference_meta.json``.
 
-    ``paddle.jit.save`` converts ``model.forward`` with ``to_static(full_graph=True)`` without
-    replacing it, so ``model`` stays a dygraph model. Returns the written paths.
+    ``model`` stays a dygraph model (see ``save_program``). Returns the written paths.
     """
     height, width = preprocess.output_size()
     model.eval()
@@ -40,15 +39,12 @@ def export_model(model: nn.Layer, out_dir: str, preprocess: Preprocessor,
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names given for a model of {num_classes} classes")
     os.makedirs(out_dir, exist_ok=True)
-    prefix = os.path.join(out_dir, MODEL_PREFIX)
-    spec = paddle.static.InputSpec([None, 3, height, width], "float32", INPUT_NAME)
-    paddle.jit.save(model, prefix, input_spec=[spec])
-    model_file = MODEL_PREFIX + (".json" if paddle.framework.use_pir_api() else ".pdmodel")
+    program, params = save_program(model, os.path.join(out_dir, MODEL_PREFIX), [None, 3, height, width])
     metadata = {
         "format": FORMAT,
         "version": VERSION,
-        "model_file": model_file,
-        "params_file": MODEL_PREFIX + ".pdiparams",
+        "model_file": os.path.basename(program),
+        "params_file": os.path.basename(params),
         "input_name": INPUT_NAME,
         "input_shape": [None, 3, height, width],
         "input_dtype": "float32",

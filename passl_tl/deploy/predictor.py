@@ -6,13 +6,14 @@ from typing import Sequence
 
 import numpy as np
 import paddle
-from paddle import inference
 
 from ..engine import DEFAULTS
 from ..models import build_model, load_weights
 from ..utils.config import load_config
+from ..utils.threads import available_cpus
 from .export import METADATA_FILE, read_metadata
 from .preprocess import Preprocessor, config_eval_transforms
+from .program import create_cpu_predictor, onednn_available, run_predictor
 
 
 class DygraphPredictor:
@@ -37,27 +38,21 @@ class DygraphPredictor:
 
 
 class InferencePredictor:
-    """An exported model directory run by ``paddle.inference`` on the CPU, with its stored
-    preprocessing and class names."""
+    """An exported model directory run by ``paddle.inference`` on the CPU (oneDNN kernels where the
+    Paddle build has them), with its stored preprocessing and class names."""
 
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, threads: int = 0):
         meta = read_metadata(model_dir)
-        config = inference.Config(os.path.join(model_dir, meta["model_file"]),
-                                  os.path.join(model_dir, meta["params_file"]))
-        config.disable_gpu()
-        config.disable_glog_info()
-        self.predictor = inference.create_predictor(config)
+        self.predictor = create_cpu_predictor(os.path.join(model_dir, meta["model_file"]),
+                                              os.path.join(model_dir, meta["params_file"]),
+                                              threads or available_cpus(), onednn=onednn_available())
         self.preprocess = Preprocessor(meta["transforms"], os.path.join(model_dir, METADATA_FILE))
         self.num_classes = meta["num_classes"]
         self.class_names = meta["class_names"]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """``[N, 3, H, W]`` float32 → ``[N, num_classes]`` logits."""
-        handle = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
-        handle.reshape(list(batch.shape))
-        handle.copy_from_cpu(np.ascontiguousarray(batch, dtype=np.float32))
-        self.predictor.run()
-        return self.predictor.get_output_handle(self.predictor.get_output_names()[0]).copy_to_cpu()
+        return run_predictor(self.predictor, batch)
 
 
 def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

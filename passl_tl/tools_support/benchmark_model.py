@@ -9,14 +9,15 @@ over the batch to asking for the next: target building, MixToken box, forward in
 the box, ``model.loss``, backward, ``optimizer.step()``, ``clear_grad()``. Not run: EMA, logging,
 evaluation and checkpoint hooks, and the data loader (``tools/benchmark.py data`` times that).
 
-The eval forward is ``evaluate``'s: ``model.eval()``, ``paddle.no_grad()``, the AMP context.
+The eval forward is ``evaluate``'s: ``model.eval()``, ``paddle.no_grad()``, ``eval_forward`` on the
+configured ``eval_backend`` (``auto``: oneDNN through Paddle Inference on the CPU; its one-off
+compilation falls in the warm-up) or the dygraph model under the AMP context.
 
 Each phase runs in a fresh subprocess (thread variables set before Paddle is imported), so the
 peak resident memory (``ru_maxrss``) of one phase does not mask the other's.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
 import os
@@ -46,6 +47,7 @@ class ModelSettings:
     img_size: int = 224
     threads: int = 2
     precision: str = "fp32"
+    eval_backend: str = "auto"      # see passl_tl.engine.eval_forward
     warmup: int = 2
     repeats: int = 10
     num_classes: int = 1000
@@ -90,6 +92,7 @@ def run_phase(settings: ModelSettings, phase: str) -> dict[str, Any]:
     import paddle
 
     from ..engine import DEFAULTS
+    from ..engine.eval_forward import eval_forward, resolve_eval_backend
     from ..engine.trainer import amp_context_from
     from ..models import build_model
     from ..utils.config import load_config
@@ -106,7 +109,8 @@ def run_phase(settings: ModelSettings, phase: str) -> dict[str, Any]:
     cfg = load_config(settings.config, [f"model.name={settings.model}", f"model.img_size={settings.img_size}",
                                         f"model.num_classes={settings.num_classes}",
                                         f"data.target.num_classes={settings.num_classes}",
-                                        "device=cpu", *amp, *settings.overrides], DEFAULTS)
+                                        f"eval_backend={settings.eval_backend}", "device=cpu", *amp,
+                                        *settings.overrides], DEFAULTS)
     paddle.seed(cfg["seed"])
     model = build_model(cfg)
     rng = np.random.default_rng(0)
@@ -121,14 +125,14 @@ def run_phase(settings: ModelSettings, phase: str) -> dict[str, Any]:
     else:
         amp_context = amp_context_from(cfg["amp"])
         model.eval()
+        eval_step = eval_forward(model, cfg["eval_backend"], amp_context)
 
         @paddle.no_grad()
         def forward() -> None:
-            with amp_context() if amp_context else contextlib.nullcontext():
-                model(images)
+            eval_step(images)
 
         seconds = _repeat(forward, settings)
-        extra = {}
+        extra = {"backend": resolve_eval_backend(cfg["eval_backend"], amp_context is not None)}
     timed = seconds[settings.warmup:]
     return {"images_per_s": rates(timed, settings.batch_size), "seconds": summary(timed),
             "warmup_seconds": seconds[:settings.warmup],
@@ -269,7 +273,8 @@ def report(results: Mapping[str, Any]) -> str:
     for phase in PHASES:
         r = results[phase]
         ips = r["images_per_s"]
-        rows.append([phase, ips["median"], f"{_num(ips['min'])}-{_num(ips['max'])}",
+        name = phase + (f" ({r['backend']})" if "backend" in r else "")
+        rows.append([name, ips["median"], f"{_num(ips['min'])}-{_num(ips['max'])}",
                      1000.0 * r["seconds"]["median"], r["peak_rss_mb"], str(r["threads"]["in_effect"]),
                      r["amp"]["requested"] + ("" if r["amp"]["applied"] else " (not applied: "
                                               + "/".join(r["amp"]["linear_output_dtypes"]) + ")")])

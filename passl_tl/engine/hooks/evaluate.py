@@ -32,11 +32,13 @@ class EvaluateHook(Hook):
             trainer.metrics = {}
             return
         broadcast_buffers(trainer.model_without_ddp)
-        metrics = {f"model/{k}": v for k, v in evaluate(trainer.model, trainer.val_loader, trainer.amp_context).items()}
+        backend = trainer.cfg["eval_backend"]
+        metrics = {f"model/{k}": v for k, v in evaluate(trainer.model_without_ddp, trainer.val_loader,
+                                                        trainer.amp_context, backend).items()}
         tracked = "model"
         if trainer.ema is not None:
             broadcast_buffers(trainer.ema.module)
             metrics.update({f"ema/{k}": v for k, v in
-                            evaluate(trainer.ema.module, trainer.val_loader, trainer.amp_context).items()})
+                            evaluate(trainer.ema.module, trainer.val_loader, trainer.amp_context, backend).items()})
             tracked = self.track
         trainer.metrics = {**metrics, "top1": metrics[f"{tracked}/top1"], "tracked": tracked}

@@ -1,0 +1,64 @@
+"""An eval-mode model saved as a Paddle inference program, and a CPU predictor that runs one."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+from paddle import inference
+
+INPUT_NAME = "x"
+
+
+def save_program(model: nn.Layer, prefix: str, input_shape: Sequence[int | None]) -> tuple[str, str]:
+    """Save ``model``'s eval forward for float32 inputs of ``input_shape`` (``None``: any size) as
+    ``prefix.*``; returns (program file, parameters file).
+
+    ``paddle.jit.save`` converts ``model.forward`` with ``to_static(full_graph=True)`` without
+    replacing it, so ``model`` stays a dygraph model; its train/eval mode is restored.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        spec = paddle.static.InputSpec(list(input_shape), "float32", INPUT_NAME)
+        paddle.jit.save(model, prefix, input_spec=[spec])
+    finally:
+        if was_training:
+            model.train()
+    program = prefix + (".json" if paddle.framework.use_pir_api() else ".pdmodel")
+    return program, prefix + ".pdiparams"
+
+
+def onednn_available() -> bool:
+    """Whether this Paddle build has oneDNN (the fast CPU kernels of Paddle Inference)."""
+    return paddle.base.core.is_compiled_with_mkldnn()
+
+
+def create_cpu_predictor(program: str, params: str, threads: int, onednn: bool = True) -> inference.Predictor:
+    """A Paddle Inference predictor on the CPU with ``threads`` math threads, oneDNN kernels and
+    their fusion passes if ``onednn`` (else Paddle's native CPU kernels)."""
+    for path in (program, params):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"inference program file {path} does not exist")
+    config = inference.Config(program, params)
+    config.disable_gpu()
+    config.disable_glog_info()
+    config.set_cpu_math_library_num_threads(threads)
+    if onednn:
+        if not onednn_available():
+            raise RuntimeError("this Paddle build has no oneDNN: use the native CPU kernels")
+        config.enable_mkldnn()
+    else:
+        config.disable_mkldnn()
+    return inference.create_predictor(config)
+
+
+def run_predictor(predictor: inference.Predictor, batch: np.ndarray) -> np.ndarray:
+    """Feed ``batch`` (float32) to the predictor's single input; return its first output."""
+    handle = predictor.get_input_handle(predictor.get_input_names()[0])
+    handle.reshape(list(batch.shape))
+    handle.copy_from_cpu(np.ascontiguousarray(batch, dtype=np.float32))
+    predictor.run()
+    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
