@@ -10,7 +10,7 @@ from conftest import fixture_path
 
 from passl_tl.models import Classifier, build_model, create_model
 from passl_tl.models.heads import TokenLabelHead
-from passl_tl.models.layers import DropPath, TorchBatchNorm2D, flip_box, trunc_normal_
+from passl_tl.models.layers import DropPath, Mlp, TorchBatchNorm2D, flip_box, trunc_normal_
 from passl_tl.utils.registry import MODELS, ConfigError
 
 
@@ -56,6 +56,42 @@ def test_drop_path():
     assert (per_sample == per_sample[:, :1]).all()  # whole samples are dropped
     layer.eval()
     assert layer(x) is x
+
+
+def _output_and_grads(fn, x, params):
+    """``fn(x)`` and the gradients of ``sum(fn(x) * w)`` (fixed random ``w``) for ``x`` and ``params``."""
+    x = paddle.to_tensor(x, stop_gradient=False)
+    out = fn(x)
+    w = paddle.to_tensor(np.random.RandomState(6).standard_normal(out.shape).astype("float32"))
+    return [out.numpy()] + [g.numpy() for g in paddle.grad((out * w).sum(), [x, *params])]
+
+
+def test_lean_backward_of_drop_path_and_mlp_is_bit_identical_to_autograd():
+    """DropPath and the MLP keep less for backward (their own PyLayer backward), with the same values."""
+    x = np.random.RandomState(5).standard_normal((8, 7, 6)).astype("float32")
+    layer = DropPath(0.3)
+    layer.train()
+
+    def plain_drop_path(t):
+        return t * paddle.bernoulli(paddle.full([8, 1, 1], 1.0 - 0.3)) / (1.0 - 0.3)
+
+    paddle.seed(0)
+    got = _output_and_grads(layer, x, [])
+    paddle.seed(0)
+    want = _output_and_grads(plain_drop_path, x, [])
+    assert 0 < (got[0] == 0).all((1, 2)).sum() < 8  # some samples dropped, some kept
+    for g, e in zip(got, want):
+        np.testing.assert_array_equal(g, e)
+
+    paddle.seed(1)
+    mlp = Mlp(6, 12)
+    mlp.train()
+    params = [mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias]
+    assert mlp(paddle.to_tensor(x, stop_gradient=False)).grad_fn.name() != "AddGradNode"  # the lean path
+    got = _output_and_grads(mlp, x, params)
+    want = _output_and_grads(lambda t: mlp.fc2(mlp.act(mlp.fc1(t))), x, params)
+    for g, e in zip(got, want):
+        np.testing.assert_array_equal(g, e)
 
 
 def test_trunc_normal_bounds_are_absolute():
