@@ -7,10 +7,9 @@ import paddle
 import pytest
 from conftest import load_npz
 
-from passl_tl.engine.checkpoint import load_checkpoint, save_atomic
+from passl_tl.engine.checkpoint import checkpoint_name, list_checkpoints, load_checkpoint, save_atomic
 from passl_tl.engine.data import ShardedBatchSampler
 from passl_tl.engine.ema import ModelEMA
-from passl_tl.engine.hooks.checkpoint import checkpoint_name, list_checkpoints
 from passl_tl.engine.hooks.mixtoken import sample_mix_box
 from passl_tl.engine.lr_schedulers import CosineWarmup
 from passl_tl.engine.optimizers import decay_parameter_names
@@ -111,6 +110,21 @@ def test_atomic_save_and_clear_errors(tmp_path):
         load_checkpoint(str(tmp_path / "nope.pdckpt"))
 
 
+def test_checksummed_save_detects_changed_bytes_and_leftovers_are_removed(tmp_path):
+    from passl_tl.engine.checkpoint import file_sha256, remove_temporaries, verify_checksum
+    path = str(tmp_path / checkpoint_name(0, 1))
+    save_atomic({"model": {"w": paddle.arange(1000, dtype="float32")}, "epoch": 0}, path, checksum=True)
+    assert open(path + ".sha256").read().strip() == file_sha256(path) and verify_checksum(path)
+    with open(path, "r+b") as f:
+        f.seek(-8, os.SEEK_END)
+        f.write(b"\x00" * 8)
+    with pytest.raises(ValueError, match=f"checkpoint {path} is corrupt or truncated"):
+        load_checkpoint(path)
+    (tmp_path / "ckpt_e0000_i000002.pdckpt.tmp4242").write_bytes(b"half")
+    assert remove_temporaries(str(tmp_path)) == [str(tmp_path / "ckpt_e0000_i000002.pdckpt.tmp4242")]
+    assert sorted(os.listdir(tmp_path)) == [checkpoint_name(0, 1), checkpoint_name(0, 1) + ".sha256"]
+
+
 def test_list_checkpoints_sorted(tmp_path):
     for e, i in [(2, 5), (0, 100), (2, 100), (10, 1)]:
         (tmp_path / checkpoint_name(e, i)).write_bytes(b"x")
@@ -202,14 +216,14 @@ def test_ema_moves_once_per_optimizer_step():
     np.testing.assert_allclose(hook.ema.module.weight.numpy(), before + 0.5, rtol=1e-6)
 
 
-def test_checkpoints_only_at_accumulation_boundaries():
+def test_checkpoints_only_at_accumulation_boundaries(tmp_path):
     from types import SimpleNamespace
 
     from passl_tl.engine.hooks.checkpoint import CheckpointHook
     from passl_tl.utils.registry import ConfigError
     with pytest.raises(ConfigError, match="interval_iters=3 must be a multiple of .*accumulate_steps=2"):
         CheckpointHook(interval_iters=3).before_run(SimpleNamespace(accumulate_steps=2))
-    CheckpointHook(interval_iters=4).before_run(SimpleNamespace(accumulate_steps=2))
+    CheckpointHook(interval_iters=4).before_run(SimpleNamespace(accumulate_steps=2, output_dir=str(tmp_path)))
 
 
 def test_repeated_augmentation_spreads_copies_over_processes():

@@ -1,4 +1,5 @@
 """End to end: training on real demo files, resume equivalence, evaluate-only, 2-process launch."""
+import json
 import os
 import re
 import shutil
@@ -41,8 +42,12 @@ def full_run(tmp_path_factory):
 def test_training_writes_outputs_and_learns(full_run):
     _, out, metrics = full_run
     files = set(os.listdir(out))
-    assert {"log.txt", "config.yaml", "command.txt", "best.pdparams", "final.pdparams", "final_ema.pdparams",
-            "vdl"} <= files
+    assert {"log.txt", "config.yaml", "command.txt", "run_info.json", "best.pdparams", "final.pdparams",
+            "final_ema.pdparams", "vdl"} <= files
+    info = json.load(open(os.path.join(out, "run_info.json")))
+    assert info["command"][1].endswith(os.path.join("tools", "train.py")) and "-c" in info["command"]
+    assert info["packages"]["paddlepaddle"] == paddle.__version__ and "numpy" in info["packages"]
+    assert info["git"] is None or len(info["git"]["commit"]) == 40
     # written at iterations 2, 4, 5 of both epochs; the newest 4 kept
     assert sorted(f for f in files if f.endswith(".pdckpt")) == [
         "ckpt_e0000_i000005.pdckpt", "ckpt_e0001_i000002.pdckpt", "ckpt_e0001_i000004.pdckpt",

@@ -14,6 +14,7 @@ import paddle
 
 from passl_tl import build_model, load_weights
 from passl_tl.engine import DEFAULTS, Trainer, evaluate, seed_everything
+from passl_tl.engine.checkpoint import check_writable
 from passl_tl.engine.data import build_dataset, build_loader, check_data_matches_model
 from passl_tl.engine.eval_forward import resolve_eval_backend
 from passl_tl.engine.trainer import amp_context_from
@@ -21,6 +22,7 @@ from passl_tl.utils.cli import add_config_arguments, run_tool
 from passl_tl.utils.config import ConfigError, dump_config, load_config
 from passl_tl.utils.dist import init_distributed, is_main
 from passl_tl.utils.logger import setup_logger
+from passl_tl.utils.run_info import write_run_info
 from passl_tl.utils.threads import set_cpu_threads
 
 
@@ -33,7 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reset-head", action="store_true",
                         help="with --load: keep the model's own head where the file's has another shape "
                              "(fine-tuning on a dataset with other classes)")
-    parser.add_argument("--resume", help="training checkpoint (.pdckpt) to continue from")
+    parser.add_argument("--resume", metavar="CKPT|auto",
+                        help="training checkpoint (.pdckpt) to continue from; 'auto': the newest usable one in "
+                             "output_dir (corrupt ones skipped), or from scratch if there is none")
     parser.add_argument("--evaluate-only", action="store_true", help="only evaluate on the validation set")
     parser.add_argument("--seed", type=int, help="overrides the config's seed")
     return parser.parse_args(argv)
@@ -57,6 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if (args.reset_head or args.use_ema) and not args.load:
         raise ConfigError("--reset-head and --use-ema apply to --load WEIGHTS")
+    for option, path in (("--load", args.load), ("--resume", None if args.resume == "auto" else args.resume)):
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"{option} {path}: no such file")
     cfg = load_config(args.config, args.override, DEFAULTS)
     if args.seed is not None:
         cfg["seed"] = args.seed
@@ -65,6 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     resolve_eval_backend(cfg["eval_backend"], amp_context is not None)
     set_cpu_threads(cfg["threads"])
     init_distributed()
+    if not args.evaluate_only:
+        check_writable(cfg["output_dir"])
     logger = setup_logger(None if args.evaluate_only else cfg["output_dir"])
     seed_everything(cfg["seed"])
     model = build_model(cfg)
@@ -76,9 +85,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.evaluate_only:
         return evaluate_only(cfg, model)
     if is_main():
+        command = [os.path.abspath(__file__), *(sys.argv[1:] if argv is None else argv)]
         dump_config(cfg, os.path.join(cfg["output_dir"], "config.yaml"))
         with open(os.path.join(cfg["output_dir"], "command.txt"), "w", encoding="utf-8") as f:
-            f.write(" ".join([sys.executable] + sys.argv) + "\n")
+            f.write(" ".join([sys.executable, *command]) + "\n")
+        write_run_info(os.path.join(cfg["output_dir"], "run_info.json"), command)
     trainer = Trainer.from_config(cfg, model)
     metrics = trainer.train(resume=args.resume)
     if metrics and is_main():

@@ -1,27 +1,51 @@
-"""Atomic checkpoint files: a crash mid-write never leaves a truncated file under the real name."""
+"""Checkpoint files that survive crashes: written atomically with a SHA-256 beside them, verified
+when read, found by name (``ckpt_eEEEE_iIIIIII.pdckpt``) for ``--resume auto``."""
 from __future__ import annotations
 
+import errno
+import glob
+import hashlib
 import os
+import re
 from typing import Any
 
 import paddle
 
+from ..utils.logger import get_logger
 
-def save_atomic(obj: Any, path: str) -> None:
-    """``paddle.save`` to a temporary file in the same directory, fsync, then rename over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        paddle.save(obj, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OSError(f"could not write checkpoint {path}: {e}") from e
-    finally:
-        if os.path.exists(tmp):  # only left over when writing failed or was interrupted
-            os.remove(tmp)
+CHECKSUM_SUFFIX = ".sha256"
+_TEMPORARY = re.compile(r"\.tmp\d+$")  # save_atomic's temporary files (left by a killed process)
+_CHECKPOINT = re.compile(r"ckpt_e(\d+)_i(\d+)\.pdckpt$")
+
+
+def checkpoint_name(epoch: int, iters_done: int) -> str:
+    return f"ckpt_e{epoch:04d}_i{iters_done:06d}.pdckpt"
+
+
+def list_checkpoints(directory: str) -> list[str]:
+    """Training checkpoints of ``directory``, oldest first (by epoch and iteration in the name)."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(directory), "ckpt_e*_i*.pdckpt")):
+        m = _CHECKPOINT.search(os.path.basename(path))
+        if m:
+            found.append(((int(m.group(1)), int(m.group(2))), path))
+    return [p for _, p in sorted(found)]
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_file(path: str) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_directory(directory: str) -> None:
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -29,10 +53,61 @@ def save_atomic(obj: Any, path: str) -> None:
         os.close(dir_fd)
 
 
+def _write_text_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_atomic(obj: Any, path: str, checksum: bool = False) -> None:
+    """``paddle.save`` ``obj`` to ``path`` so that a crash at any point leaves the previous file or the
+    complete new one: a temporary file, fsync, rename, fsync of the directory. With ``checksum`` its
+    SHA-256 goes to ``path.sha256`` first (a file under the real name always has its checksum; use it
+    for names written once). Errors (unwritable directory, disk full) name the file; nothing earlier
+    is touched."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        os.makedirs(directory, exist_ok=True)
+        try:
+            paddle.save(obj, tmp)
+            _fsync_file(tmp)
+            if checksum:
+                _write_text_atomic(path + CHECKSUM_SUFFIX, file_sha256(tmp) + "\n")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        _fsync_directory(directory)
+    except OSError as e:
+        full = " (disk full)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise OSError(e.errno, f"could not write {path}{full}: {e}; earlier files are intact") from e
+
+
+def verify_checksum(path: str) -> bool:
+    """True if ``path.sha256`` exists and matches; False if there is none; raises ``ValueError`` on a mismatch."""
+    sidecar = path + CHECKSUM_SUFFIX
+    if not os.path.isfile(sidecar):
+        return False
+    with open(sidecar, encoding="utf-8") as f:
+        expected = f.read().strip()
+    if file_sha256(path) != expected:
+        raise ValueError(f"checkpoint {path} is corrupt or truncated: its SHA-256 differs from {sidecar}")
+    return True
+
+
 def load_checkpoint(path: str) -> dict:
-    """Read a training checkpoint written by :func:`save_atomic`; errors name the file."""
+    """Read a training checkpoint written by :func:`save_atomic`, verified against its SHA-256 where
+    one was written; every error names the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    verify_checksum(path)
     try:
         state = paddle.load(path)
     except Exception as e:  # paddle raises several kinds for a damaged file
@@ -40,6 +115,44 @@ def load_checkpoint(path: str) -> dict:
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise ValueError(f"{path} is not a passl_tl training checkpoint (no 'model'/'epoch' entries)")
     return state
+
+
+def load_latest_checkpoint(directory: str) -> tuple[str, dict] | None:
+    """The newest checkpoint of ``directory`` that loads and verifies, and its state; each unusable newer
+    one is reported as a warning naming it and the fallback. None if there is no usable checkpoint."""
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            return path, load_checkpoint(path)
+        except (OSError, ValueError) as e:
+            get_logger().warning(f"skipping checkpoint {path}: {e}; falling back to the previous one")
+    return None
+
+
+def remove_checkpoint(path: str) -> None:
+    """Delete a checkpoint and its checksum file."""
+    for name in (path, path + CHECKSUM_SUFFIX):
+        if os.path.exists(name):
+            os.remove(name)
+
+
+def remove_temporaries(directory: str) -> list[str]:
+    """Delete the temporary files a killed ``save_atomic`` left in ``directory``; returns their paths."""
+    stale = [os.path.join(directory, name) for name in sorted(os.listdir(directory)) if _TEMPORARY.search(name)]
+    for path in stale:
+        os.remove(path)
+    return stale
+
+
+def check_writable(directory: str) -> None:
+    """Create ``directory`` if needed and prove a file can be written there, before any heavy work."""
+    probe = os.path.join(directory, f".write_test{os.getpid()}")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(probe, "w", encoding="utf-8") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(e.errno, f"output_dir {directory} is not writable: {e}") from e
 
 
 def _rename_keys(state: dict, renames: dict[str, str]) -> dict:

@@ -14,7 +14,7 @@ from ..utils.dist import is_main, rank, world_size
 from ..utils.logger import get_logger
 from ..utils.registry import HOOKS, LR_SCHEDULERS, OPTIMIZERS
 from ..utils.seeding import derived_seed
-from .checkpoint import load_checkpoint, portable_optimizer_state, restore_optimizer_state
+from .checkpoint import load_checkpoint, load_latest_checkpoint, portable_optimizer_state, restore_optimizer_state
 from .data import build_dataset, build_loader, build_target_builder, check_data_matches_model
 from .hooks.hook import Hook
 from .hooks.lr_scheduler import LRSchedulerHook
@@ -151,7 +151,16 @@ class Trainer:
         }
 
     def resume(self, path: str) -> None:
-        state = load_checkpoint(path)
+        """Continue from checkpoint ``path``; ``"auto"``: from the newest usable checkpoint of the output
+        dir (a corrupt newer one is skipped with a warning), or from scratch when there is none."""
+        if path == "auto":
+            found = load_latest_checkpoint(self.output_dir)
+            if found is None:
+                get_logger().info(f"--resume auto: no usable checkpoint in {self.output_dir}; starting from scratch")
+                return
+            path, state = found
+        else:
+            state = load_checkpoint(path)
         if state["iters_per_epoch"] != self.iters_per_epoch:
             raise ValueError(f"cannot resume from {path}: it was written with {state['iters_per_epoch']} "
                              f"iterations per epoch, this run has {self.iters_per_epoch} (batch size, data "

@@ -1,35 +1,17 @@
 """Saves resumable checkpoints (keep the last K), the best weights and the final weights."""
 from __future__ import annotations
 
-import glob
 import os
-import re
 from typing import TYPE_CHECKING
 
 from ...utils.dist import is_main
 from ...utils.logger import get_logger
 from ...utils.registry import HOOKS, ConfigError
-from ..checkpoint import save_atomic
+from ..checkpoint import checkpoint_name, list_checkpoints, remove_checkpoint, remove_temporaries, save_atomic
 from .hook import Hook
 
 if TYPE_CHECKING:
     from ..trainer import Trainer
-
-CKPT_PATTERN = re.compile(r"ckpt_e(\d+)_i(\d+)\.pdckpt$")
-
-
-def checkpoint_name(epoch: int, iters_done: int) -> str:
-    return f"ckpt_e{epoch:04d}_i{iters_done:06d}.pdckpt"
-
-
-def list_checkpoints(directory: str) -> list[str]:
-    """Checkpoint files of ``directory``, oldest first."""
-    found = []
-    for path in glob.glob(os.path.join(directory, "ckpt_e*_i*.pdckpt")):
-        m = CKPT_PATTERN.search(os.path.basename(path))
-        if m:
-            found.append(((int(m.group(1)), int(m.group(2))), path))
-    return [p for _, p in sorted(found)]
 
 
 @HOOKS.register
@@ -52,6 +34,9 @@ class CheckpointHook(Hook):
             raise ConfigError(f"CheckpointHook interval_iters={self.interval_iters} must be a multiple of "
                               f"the optimizer's accumulate_steps={trainer.accumulate_steps} (accumulated "
                               f"gradients are not saved)")
+        if is_main():
+            for path in remove_temporaries(trainer.output_dir):
+                get_logger().warning(f"removed {path}, left by an interrupted checkpoint write")
 
     def after_train_iter(self, trainer: "Trainer") -> None:
         done = trainer.iter + 1
@@ -79,10 +64,10 @@ class CheckpointHook(Hook):
         if not is_main():
             return
         path = os.path.join(trainer.output_dir, checkpoint_name(epoch, iters_done))
-        save_atomic(trainer.training_state(epoch, iters_done), path)
+        save_atomic(trainer.training_state(epoch, iters_done), path, checksum=True)
         get_logger().info(f"saved checkpoint {path}")
         for old in list_checkpoints(trainer.output_dir)[:-self.keep_last] if self.keep_last > 0 else []:
-            os.remove(old)
+            remove_checkpoint(old)
 
     def state_dict(self) -> dict:
         return {"best_top1": self.best_top1}
