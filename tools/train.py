@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(args.config, args.override, DEFAULTS)
     if args.seed is not None:
         cfg["seed"] = args.seed
+    Trainer.check_config(cfg, args.evaluate_only)
     amp_context = amp_context_from(cfg["amp"])  # validates the amp section before any heavy work
     paddle.set_device(cfg["device"])
     resolve_eval_backend(cfg["eval_backend"], amp_context is not None)

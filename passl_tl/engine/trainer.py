@@ -12,7 +12,7 @@ from ..models import set_state_strict
 from ..utils.config import Config, ConfigError
 from ..utils.dist import is_main, rank, world_size
 from ..utils.logger import get_logger
-from ..utils.registry import HOOKS, LR_SCHEDULERS, OPTIMIZERS
+from ..utils.registry import DATASETS, HOOKS, LR_SCHEDULERS, OPTIMIZERS, TRANSFORMS
 from ..utils.seeding import derived_seed
 from .checkpoint import load_checkpoint, load_latest_checkpoint, portable_optimizer_state, restore_optimizer_state
 from .data import build_dataset, build_loader, build_target_builder, check_data_matches_model
@@ -90,6 +90,27 @@ class Trainer:
                   if amp["enable"] and amp["dtype"] == "float16" else None)
         target_builder = build_target_builder(data["target"], f"data.target of {cfg.source}")
         return cls(cfg, model, train_loader, val_loader, optimizer, lr_scheduler, hooks, target_builder, scaler)
+
+    @staticmethod
+    def check_config(cfg: Config, evaluate_only: bool = False) -> None:
+        """The registry checks of ``from_config`` (every component exists and takes its keys) without
+        building anything, so a bad key fails before the model is built; ``evaluate_only``: data.val only."""
+        data = cfg["data"]
+        for split in ("val",) if evaluate_only else ("train", "val"):
+            if data[split]:
+                where = f"data.{split} of {cfg.source}"
+                DATASETS.check(data[split], where, supplied=["seed"])
+                for i, spec in enumerate(data[split].get("transforms") or []):
+                    TRANSFORMS.check(spec, f"{where} transforms[{i}]")
+        if evaluate_only:
+            return
+        if data["target"]:
+            TRANSFORMS.check(data["target"], f"data.target of {cfg.source}")
+        OPTIMIZERS.check(cfg["optimizer"], f"optimizer of {cfg.source}", supplied=["model"])
+        LR_SCHEDULERS.check(cfg["lr_scheduler"], f"lr_scheduler of {cfg.source}", supplied=["base_lr", "epochs"])
+        for key, hook in cfg["hooks"].items():
+            if hook:
+                HOOKS.check(hook, f"hooks.{key} of {cfg.source}")
 
     # ----------------------------------------------------------------- loop
     def train(self, resume: str | None = None) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 
 class ConfigError(ValueError):
@@ -40,17 +40,24 @@ class Registry:
                 f"unknown {self.kind} '{name}'{_at(where)}; registered: {', '.join(self.names())}")
         return self._items[name]
 
+    def check(self, cfg: Mapping[str, Any], where: str = "", supplied: Sequence[str] = ()) -> Callable:
+        """What ``build`` checks, without building: the name is registered and the keys fit its arguments
+        (``supplied``: arguments the caller will pass). Returns the component's class or function."""
+        if not isinstance(cfg, Mapping) or "name" not in cfg:
+            raise ConfigError(f"{self.kind} config{_at(where)} must be a mapping with a 'name' key, got {cfg!r}")
+        kwargs = dict(cfg)
+        target = self.get(kwargs.pop("name"), where)
+        check_arguments(target, kwargs, where or self.kind, supplied=dict.fromkeys(supplied))
+        return target
+
     def build(self, cfg: Mapping[str, Any], where: str = "", **extra: Any) -> Any:
         """Build the component named by ``cfg['name']`` with the other keys as arguments.
 
         ``extra`` are arguments supplied by the caller (not the config); config keys win.
         Unknown and missing keys are errors naming the key, ``where`` and the accepted keys.
         """
-        if not isinstance(cfg, Mapping) or "name" not in cfg:
-            raise ConfigError(f"{self.kind} config{_at(where)} must be a mapping with a 'name' key, got {cfg!r}")
-        kwargs = dict(cfg)
-        target = self.get(kwargs.pop("name"), where)
-        check_arguments(target, kwargs, where or self.kind, supplied=extra)
+        target = self.check(cfg, where, supplied=list(extra))
+        kwargs = {k: v for k, v in cfg.items() if k != "name"}
         try:
             return target(**{**extra, **kwargs})
         except ConfigError as e:
