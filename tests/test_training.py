@@ -31,11 +31,23 @@ def state(path):
     return {k: v.numpy() for k, v in paddle.load(path).items()}
 
 
+WRITTEN_SCALARS = []  # (tag, step, value) of every add_scalar call of the full run
+
+
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
+    from visualdl import LogWriter
     base = tmp_path_factory.mktemp("run")
     data_root, out = str(base / "demo"), str(base / "full")
-    metrics = train.main(["-c", DEMO_CONFIG, "-o", *small_run_overrides(data_root, out)])
+    add_scalar = LogWriter.add_scalar
+
+    def recording_add_scalar(self, tag, value, step, *args, **kwargs):
+        WRITTEN_SCALARS.append((tag, step, float(value)))
+        return add_scalar(self, tag, value, step, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LogWriter, "add_scalar", recording_add_scalar)
+        metrics = train.main(["-c", DEMO_CONFIG, "-o", *small_run_overrides(data_root, out)])
     return data_root, out, metrics
 
 
@@ -63,15 +75,24 @@ def test_training_writes_outputs_and_learns(full_run):
 
 
 def test_visualdl_scalars_are_readable(full_run):
+    """VisualDL's own LogReader finds every scalar the trainer wrote, at its step, with its value."""
     from visualdl import LogReader
     _, out, metrics = full_run
     (record,) = os.listdir(os.path.join(out, "vdl"))
     reader = LogReader(file_path=os.path.join(out, "vdl", record))
-    scalars = reader.get_tags()["scalar"]
+    written = {}
+    for tag, step, value in WRITTEN_SCALARS:
+        written.setdefault(tag, []).append((step, value))
+    assert set(reader.get_tags()["scalar"]) == set(written)
+    for tag, expected in written.items():
+        read = [(r.id, r.value) for r in reader.get_data("scalar", tag)]
+        assert [step for step, _ in read] == [step for step, _ in expected], tag
+        np.testing.assert_allclose([v for _, v in read], [v for _, v in expected], rtol=1e-6,  # stored as float32
+                                   err_msg=tag)
     for tag in ("train/loss", "train/lr", "train/img_per_s", "val/model/top1", "val/ema/top1", "val/ema/top5"):
-        assert tag in scalars
-    assert len(reader.get_data("scalar", "train/loss")) == 6  # logged at iterations 2, 4, 5 of 2 epochs
-    assert reader.get_data("scalar", "val/ema/top1")[-1].value == pytest.approx(metrics["ema/top1"])
+        assert tag in written
+    assert len(written["train/loss"]) == 6  # logged at iterations 2, 4, 5 of 2 epochs
+    assert written["val/ema/top1"][-1][1] == pytest.approx(metrics["ema/top1"])
 
 
 @pytest.mark.parametrize("checkpoint, resumes_at, first_logged", [
