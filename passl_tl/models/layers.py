@@ -199,6 +199,10 @@ class Attention(nn.Layer):
         # writes a zero-filled full-size qkv gradient
         q, k, v = paddle.unbind(
             self.qkv(x).reshape([B, N, 3, self.num_heads, self.head_dim]).transpose([2, 0, 3, 1, 4]), axis=0)
+        if self.training:
+            # k and v are views of the whole qkv output, which their matmuls' backward would keep; as
+            # tensors of their own it keeps two thirds of that (q * scale keeps no q)
+            k, v = k.contiguous(), v.contiguous()
         attn = F.softmax(paddle.matmul(q * self.scale, k, transpose_y=True), axis=-1)
         x = paddle.matmul(self.attn_drop(attn), v).transpose([0, 2, 1, 3]).reshape([B, N, -1])
         x = self.proj_drop(self.proj(x))
