@@ -183,12 +183,15 @@ def ensure_demo_dataset(root: str, **params) -> str:
 @DATASETS.register
 def DemoTokenLabel(root: str = "data/demo", split: str = "train", transforms=(), num_classes: int = 10,
                    train_per_class: int = 60, val_per_class: int = 20, image_size: int = 64,
-                   data_seed: int = 0, seed: int = 0) -> ImageNetTokenLabel:
-    """The demo data as an :class:`ImageNetTokenLabel` split, written first if it is missing."""
+                   data_seed: int = 0, bad_image: str = "error", bad_label: str = "error",
+                   seed: int = 0) -> ImageNetTokenLabel:
+    """The demo data as an :class:`ImageNetTokenLabel` split, written first if it is missing
+    (``bad_image``, ``bad_label``: that class's policies)."""
     if split not in _SPLIT_CODES:
         raise ValueError(f"DemoTokenLabel split must be one of {sorted(_SPLIT_CODES)}, got '{split}'")
     ensure_demo_dataset(root, num_classes=num_classes, train_per_class=train_per_class,
                         val_per_class=val_per_class, image_size=image_size, seed=data_seed)
     return ImageNetTokenLabel(os.path.join(root, split),
                               label_root=os.path.join(root, "label_top5_train") if split == "train" else None,
-                              transforms=transforms, class_list=os.path.join(root, "classes.txt"), seed=seed)
+                              transforms=transforms, class_list=os.path.join(root, "classes.txt"),
+                              bad_label=bad_label, bad_image=bad_image, seed=seed)

@@ -25,9 +25,6 @@ def read_class_list(path: str) -> list[str]:
     return wnids
 
 
-Samples = list[tuple[str, int]]
-
-
 def _is_class_dir(path: str) -> bool:
     """A visible directory holding at least one image (skips ``.ipynb_checkpoints``, ``lost+found``...)."""
     name = os.path.basename(path)
@@ -88,14 +85,31 @@ def read_list_file(root: str, list_file: str, classes: Sequence[str] | None = No
     return samples, list(classes)
 
 
+class BadImageError(ValueError):
+    """An image file that cannot be decoded: ``path`` and ``reason`` (what is wrong) for reports."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"cannot decode image {path}: {reason}")
+        self.path, self.reason = path, reason
+
+
 def read_rgb(path: str) -> np.ndarray:
-    """Decode an image file to HWC uint8 RGB with OpenCV."""
+    """Decode an image file to HWC uint8 RGB with OpenCV, as Pillow's ``convert("RGB")`` does.
+
+    Grayscale gives three equal channels; alpha (RGBA, gray + alpha, palette transparency) is
+    dropped, not composited; 16-bit images keep their high byte (Pillow clips 16-bit grayscale at
+    255 instead); CMYK JPEGs, Adobe-inverted or not, are converted within 2 of Pillow (OpenCV
+    divides by 256 where Pillow divides by 255). A file that cannot be read or decoded (empty,
+    truncated, corrupt, not an image) raises :class:`BadImageError`.
+    """
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
-        raise OSError(f"cannot read image {path}: {e}") from e
+        raise BadImageError(path, f"unreadable ({e.strerror or e})") from e
+    if not data.size:
+        raise BadImageError(path, "empty file (0 bytes)")
     # PIL (used by timm and the label annotator) ignores EXIF orientation: so do we
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
-        raise ValueError(f"cannot decode image {path}")
+        raise BadImageError(path, f"OpenCV cannot decode its {data.size} bytes (truncated, corrupt or not an image)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

@@ -9,14 +9,18 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..utils.registry import DATASETS, TRANSFORMS, ConfigError
-from .image_folder import read_class_list, read_list_file, read_rgb, scan_image_folder
+from .faults import FaultLog
+from .image_folder import BadImageError, read_class_list, read_list_file, read_rgb, scan_image_folder
+from .label_files import BadLabelError, check_label_map
 from .label_store import LABEL_FORMATS
-from .token_label import check_class_ids, pack_label_sample
+from .token_label import pack_label_sample
 from .transforms import FULL_CROP, to_chw_float
 
 logger = logging.getLogger(__name__)
 
 MISSING_LABEL_MODES = ("error", "ground_truth")
+BAD_LABEL_MODES = ("error", "ground_truth")
+BAD_IMAGE_MODES = ("error", "skip")
 # Fallback label map: the ground truth as top-1 everywhere, the other slots negligible.
 FALLBACK_TOP_LOGIT = 20.0
 FALLBACK_OTHER_LOGIT = -20.0
@@ -58,21 +62,34 @@ class ImageNetTokenLabel:
     with labels (see ``token_label.pack_label_sample``), else ``(image, int64 class)``.
     Images the transforms leave as uint8 are returned as float32 in [0, 1].
     Augmentation draws from a ``random.Random`` seeded by (seed, epoch, index).
+
+    Bad inputs: ``missing_label`` (labels absent when the dataset is built) and ``bad_label``
+    (unreadable or truncated files, wrong shape or dtype, non-finite logits, class ids that are NaN,
+    fractional or outside ``[0, num_classes)``) are ``error`` (raise naming the file) or
+    ``ground_truth`` (use :func:`fallback_label_map`). ``bad_image`` (an image that cannot be
+    decoded) is ``error`` or ``skip``: the sample is the next decodable image (wrapping) with its
+    own label, augmented with the requested index's stream, so every worker count and a resumed
+    run give the same samples. Replacements are warned about once per file and, after
+    :meth:`set_report_dir`, listed in that directory (see ``faults.read_fault_report``).
     """
 
     def __init__(self, root: str, label_root: str | None = None,
                  transforms: Sequence[Mapping[str, Any] | Callable] = (), list_file: str | None = None,
                  class_list: str | None = None, missing_label: str = "error", label_format: str = "files",
-                 seed: int = 0):
+                 bad_label: str = "error", bad_image: str = "error", seed: int = 0):
         if not os.path.isdir(root):
             raise FileNotFoundError(f"dataset root {root} does not exist")
-        if missing_label not in MISSING_LABEL_MODES:
-            raise ConfigError(f"missing_label must be one of {MISSING_LABEL_MODES}, got {missing_label!r}")
-        if label_format not in LABEL_FORMATS:
-            raise ConfigError(f"label_format must be one of {tuple(LABEL_FORMATS)}, got {label_format!r}")
+        for key, value, modes in (("missing_label", missing_label, MISSING_LABEL_MODES),
+                                  ("bad_label", bad_label, BAD_LABEL_MODES), ("bad_image", bad_image, BAD_IMAGE_MODES),
+                                  ("label_format", label_format, tuple(LABEL_FORMATS))):
+            if value not in modes:
+                raise ConfigError(f"{key} must be one of {modes}, got {value!r}")
         self.root = root
         self.label_root = label_root
         self.missing_label = missing_label
+        self.bad_label = bad_label
+        self.bad_image = bad_image
+        self.faults = FaultLog()
         self.seed = seed
         self.epoch = 0
         self.transforms = build_transforms(transforms, f"dataset {type(self).__name__} ({root})")
@@ -97,12 +114,17 @@ class ImageNetTokenLabel:
         """Select the augmentation stream of ``epoch`` (call before iterating each epoch)."""
         self.epoch = epoch
 
+    def set_report_dir(self, report_dir: str) -> None:
+        """List replaced images and labels in ``report_dir`` (call before creating the loader's iterator)."""
+        self.faults.set_report_dir(report_dir)
+
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        path, target = self.samples[index]
+        source, img = self._decodable_image(index)
+        target = self.samples[source][1]
         rng = random.Random(f"{self.seed}/{self.epoch}/{index}")
-        sample = {"img": read_rgb(path)}
+        sample = {"img": img}
         if self.label_root is not None:
-            sample["label"] = self._load_label(index)
+            sample["label"] = self._load_label(source)
         for transform in self.transforms:
             sample = transform(sample, rng)
         img = sample["img"]
@@ -112,11 +134,28 @@ class ImageNetTokenLabel:
             return img, np.int64(target)
         return img, pack_label_sample(sample["label"], sample.get("crop", FULL_CROP), target)
 
+    def _decodable_image(self, index: int) -> tuple[int, np.ndarray]:
+        """``(index, image)``, or with ``bad_image='skip'`` those of the next decodable sample (wrapping)."""
+        for offset in range(len(self)):
+            source = (index + offset) % len(self)
+            try:
+                return source, read_rgb(self.samples[source][0])
+            except BadImageError as e:
+                if self.bad_image == "error":
+                    raise
+                self.faults.record("skipped_images", e.path, e.reason)
+        raise ValueError(f"none of the {len(self)} images under {self.root} can be decoded")
+
     def _open_labels(self, label_format: str) -> None:
         """Open the label source; check which images have no label."""
         self.labels = LABEL_FORMATS[label_format](self.label_root, [path for path, _ in self.samples])
         self.missing_labels = self.labels.missing
         self.label_shape = self.labels.shape
+        fallback = [key for key, mode in (("missing_label", self.missing_label), ("bad_label", self.bad_label))
+                    if mode == "ground_truth"]
+        if fallback and self.num_classes < self.label_shape[1]:
+            raise ConfigError(f"{fallback[0]}='ground_truth' needs at least k={self.label_shape[1]} "
+                              f"classes for distinct label ids, have {self.num_classes}")
         if not self.missing_labels:
             return
         if self.missing_label == "error":
@@ -125,16 +164,21 @@ class ImageNetTokenLabel:
                 f"no token label for image {self.samples[first][0]}: expected {self.labels.where(first)} "
                 f"({len(self.missing_labels)} of {len(self)} images have none; missing_label='ground_truth' "
                 f"substitutes the ground-truth class)")
-        if self.num_classes < self.label_shape[1]:
-            raise ValueError(f"missing_label='ground_truth' needs at least k={self.label_shape[1]} "
-                             f"classes for distinct label ids, have {self.num_classes}")
         logger.warning("%d of %d images have no token label in %s; using their ground-truth class as the "
                        "label map", len(self.missing_labels), len(self), self.label_root)
 
     def _load_label(self, index: int) -> np.ndarray:
-        if index in self.missing_labels:
-            return fallback_label_map(self.samples[index][1], self.num_classes, self.label_shape)
-        label = self.labels.read(index).astype(np.float32)
-        check_class_ids(label[1], self.samples[index][1], self.num_classes,
-                        f"token label {self.labels.where(index)}")
-        return label
+        """The checked ``[2, k, H, W]`` float32 label map of ``index``, or its fallback (``missing_label``,
+        ``bad_label``)."""
+        where = self.labels.where(index)
+        if index in self.missing_labels:  # warned about, with their count, when the dataset was built
+            self.faults.record("label_fallbacks", where, "missing", warn=False)
+        else:
+            try:
+                label = check_label_map(self.labels.read(index), where, self.label_shape, self.num_classes)
+                return label.astype(np.float32)
+            except BadLabelError as e:
+                if self.bad_label == "error":
+                    raise
+                self.faults.record("label_fallbacks", where, e.reason)
+        return fallback_label_map(self.samples[index][1], self.num_classes, self.label_shape)

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..utils.torch_checkpoint import load_torch_file
-from .token_label import MIN_LABEL_WIDTH
+from .token_label import MIN_LABEL_WIDTH, class_id_problem
 
 LABEL_DTYPES = (np.float16, np.float32)
 NPY_SUFFIX = ".npy"
@@ -26,19 +26,36 @@ def label_key(image_path: str) -> str:
     return f"{os.path.basename(os.path.dirname(image_path))}/{stem}"
 
 
-def check_label_map(label: Any, source: str, expected_shape: Sequence[int] | None = None) -> np.ndarray:
-    """``label`` if it is a ``[2, k, H, W]`` float16/float32 map (of ``expected_shape`` when given);
-    else a ValueError naming ``source``."""
+class BadLabelError(ValueError):
+    """A token label that cannot be used; ``reason`` says what is wrong without naming the label."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def check_label_map(label: Any, source: str, expected_shape: Sequence[int] | None = None,
+                    num_classes: int | None = None) -> np.ndarray:
+    """``label`` if it is a ``[2, k, H, W]`` float16/float32 map (of ``expected_shape`` when given) and,
+    with ``num_classes``, holds finite logits and integer class ids in ``[0, num_classes)``; else a
+    :class:`BadLabelError` naming ``source``."""
     if not isinstance(label, np.ndarray):
-        raise ValueError(f"{source} holds a {type(label).__name__}, not a [2, k, H, W] label map")
+        reason = f"holds a {type(label).__name__}, not a [2, k, H, W] label map"
+        raise BadLabelError(f"{source} {reason}", reason)
     shape = tuple(label.shape)
     valid = (label.dtype in LABEL_DTYPES and len(shape) == 4 and shape[0] == 2 and all(shape)
              and shape[3] >= MIN_LABEL_WIDTH)
     if not valid or (expected_shape is not None and shape != tuple(expected_shape)):
         wanted = (list(expected_shape) if expected_shape is not None
                   else f"[2, k, H, W] with W >= {MIN_LABEL_WIDTH}")
-        raise ValueError(f"{source} has shape {list(shape)} dtype {label.dtype}; expected {wanted} "
-                         f"float16/float32")
+        reason = f"has shape {list(shape)} dtype {label.dtype}; expected {wanted} float16/float32"
+        raise BadLabelError(f"{source} {reason}", reason)
+    if num_classes is not None:
+        logits, ids = label.astype(np.float32)  # float32 arithmetic is several times faster than float16
+        problem = ("has non-finite logits (NaN or inf)" if not np.isfinite(logits).all()
+                   else class_id_problem(ids, num_classes))
+        if problem:
+            raise BadLabelError(f"{source}: {problem}", problem)
     return label
 
 
@@ -48,7 +65,7 @@ def read_label_file(path: str, expected_shape: Sequence[int] | None = None,
     try:
         label = np.load(path, mmap_mode=mmap_mode)
     except (OSError, ValueError, EOFError) as e:
-        raise ValueError(f"cannot read token-label file {path}: {e}") from e
+        raise BadLabelError(f"cannot read token-label file {path}: {e}", f"unreadable: {e}") from e
     return check_label_map(label, f"token-label file {path}", expected_shape)
 
 
@@ -57,7 +74,7 @@ def read_torch_label(path: str, expected_shape: Sequence[int] | None = None) -> 
     try:
         label = load_torch_file(path)
     except Exception as e:  # damage anywhere in a downloaded file: report it as unreadable
-        raise ValueError(f"label file {path} is unreadable: {e}") from e
+        raise BadLabelError(f"label file {path} is unreadable: {e}", f"unreadable: {e}") from e
     return check_label_map(label, f"label file {path}", expected_shape)
 
 

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .label_files import NPY_SUFFIX, find_label_files, label_key, read_label_file
+from .label_files import NPY_SUFFIX, BadLabelError, find_label_files, label_key, read_label_file
 
 INDEX_NAME = "index.json"
 SHARD_NAME = "labels_{:05d}.npy"
@@ -57,11 +57,12 @@ def open_shard(path: str, rows: int, shape: Sequence[int], dtype: np.dtype) -> n
     try:
         labels = np.load(path, mmap_mode="r")
     except (OSError, ValueError, EOFError) as e:
-        raise ValueError(f"cannot read token-label shard {path}: {e}") from e
+        raise BadLabelError(f"cannot read token-label shard {path}: {e}", f"shard {path} unreadable: {e}") from e
     expected = (rows, *shape)
     if labels.shape != expected or labels.dtype != dtype:
-        raise ValueError(f"token-label shard {path} has shape {list(labels.shape)} dtype {labels.dtype}; "
-                         f"its index expects {list(expected)} {dtype}")
+        reason = (f"shard {path} has shape {list(labels.shape)} dtype {labels.dtype}; its index expects "
+                  f"{list(expected)} {dtype}")
+        raise BadLabelError(f"token-label {reason}", reason)
     return labels
 
 

@@ -7,13 +7,17 @@ Building one raises when none of the images has a label.
 """
 from __future__ import annotations
 
+import collections
+import itertools
 import os
 from typing import Any, Sequence
 
 import numpy as np
 
-from .label_files import NPY_SUFFIX, label_key, read_label_file
+from .label_files import NPY_SUFFIX, BadLabelError, label_key, read_label_file
 from .label_pack import INDEX_NAME, open_shard, read_pack_index
+
+SHAPE_VOTERS = 5  # label files read to find the common label shape
 
 
 class FileLabels:
@@ -32,10 +36,23 @@ class FileLabels:
             if name not in listed[folder]:
                 missing.append(index)
         self.missing = frozenset(missing)
-        present = next((i for i in range(len(images)) if i not in self.missing), None)
-        if present is None:
+        present = list(itertools.islice((i for i in range(len(images)) if i not in self.missing), SHAPE_VOTERS))
+        if not present:
             raise FileNotFoundError(f"none of the {len(images)} images has a token-label file under {root}")
-        self.shape = read_label_file(self.where(present)).shape
+        self.shape = self._common_shape(present)
+
+    def _common_shape(self, indices: Sequence[int]) -> tuple[int, ...]:
+        """The most common shape of these labels' readable files: one bad file does not set the shape."""
+        shapes: collections.Counter = collections.Counter()
+        errors = []
+        for index in indices:
+            try:
+                shapes[read_label_file(self.where(index), mmap_mode="r").shape] += 1
+            except BadLabelError as e:
+                errors.append(str(e))
+        if not shapes:
+            raise ValueError(f"none of the first {len(indices)} token-label files is usable: {'; '.join(errors)}")
+        return shapes.most_common(1)[0][0]
 
     def where(self, index: int) -> str:
         return os.path.join(self.root, label_key(self.images[index]) + NPY_SUFFIX)

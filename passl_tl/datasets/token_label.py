@@ -187,9 +187,20 @@ def _check_box_order(box_order: str) -> None:
         raise ValueError(f"box_order must be one of {BOX_ORDERS}, got {box_order!r}")
 
 
-def check_class_ids(ids: np.ndarray, gt: np.ndarray | int, num_classes: int, source: str) -> None:
-    """Raise naming ``source`` if a label id or the ground truth is outside ``[0, num_classes)``."""
-    lowest, highest = min(ids.min(), np.min(gt)), max(ids.max(), np.max(gt))
+def class_id_problem(ids: np.ndarray, num_classes: int) -> str | None:
+    """Why ``ids`` are not class ids in ``[0, num_classes)`` (NaN, out of range, fractions); None if they are."""
+    lowest, highest = ids.min(), ids.max()
+    if np.isnan(lowest):  # min and max propagate NaN
+        return "has NaN class ids"
     if lowest < 0 or highest >= num_classes:
-        raise ValueError(f"{source}: class ids span [{lowest:g}, {highest:g}], "
-                         f"outside [0, {num_classes}) for num_classes={num_classes}")
+        return f"class ids span [{lowest:g}, {highest:g}], outside [0, {num_classes}) for num_classes={num_classes}"
+    if (ids != np.rint(ids)).any():
+        return "has non-integer class ids"
+    return None
+
+
+def check_class_ids(ids: np.ndarray, gt: np.ndarray | int, num_classes: int, source: str) -> None:
+    """Raise naming ``source`` unless the label ids and the ground truth are class ids (:func:`class_id_problem`)."""
+    problem = class_id_problem(np.append(ids, gt), num_classes)
+    if problem:
+        raise ValueError(f"{source}: {problem}")
