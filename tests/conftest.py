@@ -1,4 +1,5 @@
 """Shared test helpers: where the reference fixtures live, and small builders."""
+import logging
 import os
 
 import numpy as np
@@ -50,3 +51,11 @@ def capture(layer, pre: bool = False):
 
 def close(actual, expected, atol: float = 1e-5) -> None:
     np.testing.assert_allclose(actual, expected, rtol=0, atol=atol)
+
+
+@pytest.fixture(autouse=True)
+def logger_propagates_after_each_test():
+    """``setup_logger`` (run by the tools) stops the ``passl_tl`` logger propagating; undo it so that
+    ``caplog`` sees the records of whatever test runs next."""
+    yield
+    logging.getLogger("passl_tl").propagate = True
