@@ -94,3 +94,14 @@ def test_cli_reports_one_line_and_exit_code_2(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in done.stderr
     assert "unknown key 'lrr' in optimizer" in done.stderr
+
+
+def test_label_size_above_the_label_maps(tmp_path, no_training):
+    """The demo's label maps are 18 x 18; a 20 x 20 token grid would sample them finer than they were made."""
+    finer = ["model.img_size=160", "data.target.label_size=20"]
+    with pytest.raises(ConfigError, match=r"label_size=20 exceeds the 18x18 label maps of data\.train .*"
+                                          r"upsample_labels: true"):
+        run(tmp_path, overrides=finer)
+    allowed = [*finer, "data.target.upsample_labels=true", "data.train.transforms.1.size=160"]
+    with pytest.raises(AssertionError, match="a training step ran"):  # with the option, training starts
+        run(tmp_path, overrides=allowed)

@@ -7,6 +7,7 @@ import re
 import cv2
 import numpy as np
 import pytest
+from PIL import Image  # installed with visualdl
 from test_dataset import AUGMENT, WNIDS, write_split
 
 from passl_tl.datasets.faults import REPORT_FILES, FaultLog, read_fault_report
@@ -16,7 +17,6 @@ from passl_tl.datasets.label_files import BadLabelError, check_label_map
 from passl_tl.datasets.label_pack import plan_pack, write_pack
 from passl_tl.engine.data import build_loader
 
-Image = pytest.importorskip("PIL.Image")
 RS = np.random.RandomState(0)
 RGB = RS.randint(0, 256, (20, 30, 3), np.uint8)
 ALPHA = RS.randint(0, 256, (20, 30), np.uint8)
@@ -332,3 +332,31 @@ def test_report_reading_deduplicates(tmp_path):
     log.record("skipped_images", "d.jpg", "multi\nline\treason")
     assert (tmp_path / REPORT_FILES["skipped_images"]).read_text().endswith("c.jp\nd.jpg\tmulti line reason\n")
     assert read_fault_report(str(tmp_path))["skipped_images"] == ["a.jpg", "b.jpg", "d.jpg"]
+
+
+@pytest.fixture
+def damaged_demo(tmp_path):
+    """Demo data (80 train images) with one truncated image and one label file of the wrong shape."""
+    from passl_tl.datasets.demo import ensure_demo_dataset
+    data_root = str(tmp_path / "demo")
+    ensure_demo_dataset(data_root, num_classes=10, train_per_class=8, val_per_class=3)
+    image = os.path.join(data_root, "train", "n00000003", "n00000003_0002.JPEG")
+    label = os.path.join(data_root, "label_top5_train", "n00000005", "n00000005_0004.npy")
+    with open(image, "r+b") as f:
+        f.truncate(100)
+    np.save(label, np.zeros((2, 5, 18), np.float16))
+    return data_root, image, label
+
+
+def test_training_run_skips_and_falls_back_and_reports(damaged_demo, tmp_path):
+    """A real run (2 DataLoader workers) replaces both, lists them in the output dir and logs the counts."""
+    from test_training import DEMO_CONFIG, small_run_overrides, train
+    data_root, image, label = damaged_demo
+    out = str(tmp_path / "out")
+    metrics = train.main(["-c", DEMO_CONFIG, "-o", *small_run_overrides(data_root, out, epochs=1, workers=2),
+                          "data.train.bad_image=skip", "data.train.bad_label=ground_truth"])
+    assert metrics["model/count"] == 30
+    assert read_fault_report(out) == {"skipped_images": [image], "label_fallbacks": [label]}
+    log = open(os.path.join(out, "log.txt"), encoding="utf-8").read()
+    assert "data faults so far: 1 skipped images" in log and "1 label fallbacks" in log
+    assert os.path.join(out, REPORT_FILES["skipped_images"]) in log

@@ -156,13 +156,18 @@ def _target_table(pooled: paddle.Tensor, gt_slot: paddle.Tensor, num_classes: in
 
 @TRANSFORMS.register
 class TokenLabelTargets:
-    """Batch label transform for the trainer: packed ``[B, 3, k, H, W]`` labels -> soft targets."""
+    """Batch label transform for the trainer: packed ``[B, 3, k, H, W]`` labels -> soft targets.
+
+    ``upsample_labels``: allow a ``label_size`` above the label maps' H x W (RoIAlign then samples the
+    map more finely than it was made, as the official 384/448 fine-tuning does with 18 x 18 maps);
+    the trainer refuses it otherwise."""
 
     def __init__(self, num_classes: int, label_size: int = 14, smoothing: float = 0.1,
-                 box_order: str = "correct"):
+                 box_order: str = "correct", upsample_labels: bool = False):
         _check_box_order(box_order)
         self.num_classes = num_classes
         self.label_size = label_size
+        self.upsample_labels = upsample_labels
         self.smoothing = smoothing
         self.box_order = box_order
 

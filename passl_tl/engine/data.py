@@ -1,14 +1,17 @@
 """Data loaders: a seeded, resumable, sharded batch sampler and loader construction."""
 from __future__ import annotations
 
+import functools
 import math
+import os
+import signal
 from typing import Any, Mapping
 
 import numpy as np
 import paddle
 
 from .. import datasets  # noqa: F401  (registers the datasets and transforms)
-from ..utils.dist import rank, world_size
+from ..utils.dist import rank, set_parent_death_signal, world_size
 from ..utils.logger import get_logger
 from ..utils.registry import DATASETS, TRANSFORMS, ConfigError, accepted_arguments
 
@@ -90,7 +93,19 @@ def build_loader(dataset: paddle.io.Dataset, batch_size: int, num_workers: int, 
         raise ValueError(f"the training set has {len(dataset)} images, fewer than one batch of "
                          f"{batch_size} per process x {world_size()} processes")
     return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                                use_shared_memory=num_workers > 0)
+                                use_shared_memory=num_workers > 0,
+                                worker_init_fn=functools.partial(die_with_parent, os.getpid()))
+
+
+def die_with_parent(parent_pid: int, worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the worker gets SIGKILL when the process that started it dies (Linux).
+
+    Paddle's worker waits for indices without a timeout (``indices_queue.get(MP_STATUS_CHECK_INTERVAL)`` passes
+    the interval as ``block``), so its parent check never runs: the workers of a process that was killed,
+    aborted or left by ``os._exit`` would wait forever, holding its files and pipes.
+    """
+    if set_parent_death_signal(signal.SIGKILL) and os.getppid() != parent_pid:  # died before that
+        os._exit(1)
 
 
 def build_target_builder(cfg: Mapping[str, Any] | None, where: str):
@@ -103,7 +118,7 @@ def check_data_matches_model(model: paddle.nn.Layer, train_set: Any, val_set: An
 
     Checks the class count of every piece, that train and val index classes identically,
     that validation yields class ids (no ``label_root``), and that the token-label grid
-    matches the model's token grid.
+    matches the model's token grid and is no finer than the label maps (unless ``upsample_labels``).
     """
     num_classes = model.num_classes
     for split, ds in (("train", train_set), ("val", val_set)):
@@ -127,3 +142,8 @@ def check_data_matches_model(model: paddle.nn.Layer, train_set: Any, val_set: An
         if size > 1 and grid != (size, size):
             raise ConfigError(f"data.target.label_size={size} gives a {size}x{size} token-label grid but the "
                               f"model's token grid is {grid[0]}x{grid[1]} in {source}")
+        label_map = tuple(getattr(train_set, "label_shape", None) or ())[2:]
+        if label_map and size > min(label_map) and not target.get("upsample_labels", False):
+            raise ConfigError(f"data.target.label_size={size} exceeds the {label_map[0]}x{label_map[1]} label maps "
+                              f"of data.train ({getattr(train_set, 'label_root', '')}) in {source}; lower it or set "
+                              f"data.target.upsample_labels: true to sample the maps finer (official fine-tuning)")

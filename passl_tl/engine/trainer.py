@@ -115,6 +115,9 @@ class Trainer:
     # ----------------------------------------------------------------- loop
     def train(self, resume: str | None = None) -> dict[str, Any]:
         os.makedirs(self.output_dir, exist_ok=True)
+        for loader in (self.train_loader, self.val_loader):  # where datasets list the inputs they replace
+            if loader is not None and hasattr(loader.dataset, "set_report_dir"):
+                loader.dataset.set_report_dir(self.output_dir)
         self._call("before_run")
         if resume:
             self.resume(resume)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import paddle
 
+from ...datasets.faults import REPORT_FILES, read_fault_report
 from ...utils.dist import all_reduce_sum, is_main, world_size
 from ...utils.logger import get_logger
 from ...utils.registry import HOOKS
@@ -35,6 +36,7 @@ class LoggerHook(Hook):
         self._loss_count = 0
         self._images = 0
         self._tic = time.time()
+        self._fault_counts: dict[str, int] = {}
 
     def before_run(self, trainer: "Trainer") -> None:
         if self.visualdl and is_main():
@@ -63,6 +65,7 @@ class LoggerHook(Hook):
         self._reset()
 
     def after_train_epoch(self, trainer: "Trainer") -> None:
+        self._log_data_faults(trainer)
         if not trainer.metrics:
             return
         parts = [f"{k} {v:.3f}" for k, v in trainer.metrics.items() if k.endswith(("top1", "top5")) and "/" in k]
@@ -77,6 +80,18 @@ class LoggerHook(Hook):
         get_logger().info(f"weights fingerprint {weights_fingerprint(trainer.model_without_ddp):.10e}")
         if self.writer is not None:
             self.writer.close()
+
+    def _log_data_faults(self, trainer: "Trainer") -> None:
+        """Counts of the inputs the datasets replaced so far (``bad_image: skip``, label fallbacks), when they grow."""
+        if not is_main():
+            return
+        report = read_fault_report(trainer.output_dir)
+        counts = {kind: len(paths) for kind, paths in report.items()}
+        if any(counts.values()) and counts != self._fault_counts:
+            get_logger().warning(f"epoch {trainer.epoch} data faults so far: " + ", ".join(
+                f"{n} {kind.replace('_', ' ')} (listed in {os.path.join(trainer.output_dir, REPORT_FILES[kind])})"
+                for kind, n in counts.items() if n))
+        self._fault_counts = counts
 
     def _scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None:
