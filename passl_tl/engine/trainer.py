@@ -37,7 +37,8 @@ class Trainer:
 
     State the hooks read and write: ``epoch``, ``iter`` (index in the epoch), ``global_step``,
     ``images`` and ``targets`` of the batch (Mixup rewrites both), ``mix_box`` (set by MixToken),
-    ``loss``, ``outputs``, ``optimizer_stepped`` (set by the optimizer hook), ``metrics``.
+    ``loss``, ``outputs``, ``optimizer_stepped`` and ``nonfinite_steps`` (set by the optimizer hook),
+    ``metrics``.
     """
 
     def __init__(self, cfg: Config, model: paddle.nn.Layer, train_loader: paddle.io.DataLoader,
@@ -68,6 +69,7 @@ class Trainer:
         self.images = self.targets = self.mix_box = None
         self.loss = self.outputs = None
         self.optimizer_stepped = False
+        self.nonfinite_steps = 0  # optimizer steps skipped in a row for a non-finite gradient
         self.accumulate_steps = 1
         self.metrics: dict[str, Any] = {}
 

@@ -7,6 +7,7 @@ import sys
 import zipfile
 from typing import Any, Callable
 
+from .errors import TrainingStopped
 from .registry import ConfigError
 
 # Errors that mean bad input (a config, a path, a file's content): reported in one line.
@@ -23,11 +24,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True,
 
 
 def run_tool(main: Callable[[], Any]) -> None:
-    """Run a tool's ``main()``: bad input ends with ``error: ...`` on stderr and exit code 2
-    (no traceback); an integer result is the exit code."""
+    """Run a tool's ``main()``: bad input ends with ``error: ...`` on stderr and exit code 2, a run
+    that had to stop (``TrainingStopped``) with exit code 1, both without a traceback; an integer
+    result is the exit code."""
     try:
         code = main()
     except INPUT_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except TrainingStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

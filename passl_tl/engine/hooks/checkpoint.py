@@ -63,6 +63,10 @@ class CheckpointHook(Hook):
     def _save(self, trainer, epoch: int, iters_done: int) -> None:
         if not is_main():
             return
+        if trainer.nonfinite_steps:
+            get_logger().warning(f"not saving a checkpoint at epoch {epoch} iteration {iters_done}: the last "
+                                 f"{trainer.nonfinite_steps} steps had non-finite gradients")
+            return
         path = os.path.join(trainer.output_dir, checkpoint_name(epoch, iters_done))
         save_atomic(trainer.training_state(epoch, iters_done), path, checksum=True)
         get_logger().info(f"saved checkpoint {path}")

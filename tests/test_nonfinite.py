@@ -1,0 +1,79 @@
+"""Non-finite loss or gradients: the step is skipped with a warning up to a configured count, then the
+run stops with a clear message, keeping only checkpoints from before the problem."""
+import os
+import re
+
+import numpy as np
+import paddle
+import pytest
+from test_training import DEMO_CONFIG, small_run_overrides, train
+
+from passl_tl.engine.checkpoint import list_checkpoints, load_checkpoint
+from passl_tl.utils.cli import run_tool
+from passl_tl.utils.errors import TrainingStopped
+
+
+def inject(monkeypatch, steps, kind):
+    """From ``Trainer.train_step`` on the given global steps: a NaN loss, or a finite loss whose
+    gradient is NaN (0 * d sqrt(x)/dx at x = 0)."""
+    step = train.Trainer.train_step
+
+    def faulty_step(self):
+        step(self)
+        if self.global_step in steps:
+            if kind == "loss":
+                self.loss = self.loss * float("nan")
+            else:
+                weight = self.model_without_ddp.parameters()[0]
+                self.loss = self.loss + 0.0 * paddle.sqrt(0.0 * weight.sum())
+    monkeypatch.setattr(train.Trainer, "train_step", faulty_step)
+
+
+def adam_steps(checkpoint):
+    """Optimizer steps taken, from AdamW's beta1 power accumulator (beta1 = 0.9)."""
+    optimizer = load_checkpoint(checkpoint)["optimizer"]
+    (power,) = {float(np.asarray(v).ravel()[0]) for k, v in optimizer.items() if "beta1_pow" in k}
+    return round(np.log(power) / np.log(0.9))
+
+
+@pytest.mark.parametrize("kind", ["loss", "gradient"])
+def test_nonfinite_steps_are_skipped_with_a_warning(tmp_path, monkeypatch, kind):
+    data_root = str(tmp_path / "demo")
+    clean_out, out = str(tmp_path / "clean"), str(tmp_path / "faulty")
+    train.main(["-c", DEMO_CONFIG, "-o", *small_run_overrides(data_root, clean_out, epochs=1)])
+    inject(monkeypatch, {1, 3}, kind)
+    train.main(["-c", DEMO_CONFIG, "-o", *small_run_overrides(data_root, out, epochs=1)])
+    log = open(os.path.join(out, "log.txt"), encoding="utf-8").read()
+    warnings = re.findall(r"epoch 0 iteration (\d) \(step (\d)\): non-finite gradient .* step skipped \(1 in a row",
+                          log)
+    assert warnings == [("2", "1"), ("4", "3")]
+    last = list_checkpoints(out)[-1]
+    assert adam_steps(last) == adam_steps(list_checkpoints(clean_out)[-1]) - 2  # 3 of 5 steps taken
+    weights = paddle.load(os.path.join(out, "final.pdparams"))
+    assert all(np.isfinite(v.numpy()).all() for v in weights.values())
+
+
+def test_run_stops_after_too_many_nonfinite_steps_keeping_the_checkpoint_before(tmp_path, monkeypatch):
+    data_root, out = str(tmp_path / "demo"), str(tmp_path / "out")
+    inject(monkeypatch, set(range(3, 10)), "loss")  # from the 4th step on (checkpoints every 2 iterations)
+    overrides = [*small_run_overrides(data_root, out), "hooks.optimizer.max_nonfinite_steps=2"]
+    with pytest.raises(TrainingStopped) as stopped:
+        train.main(["-c", DEMO_CONFIG, "-o", *overrides])
+    before = os.path.join(out, "ckpt_e0000_i000002.pdckpt")
+    message = str(stopped.value)
+    assert "training stopped at epoch 1 iteration 1 (step 5): 3 steps in a row" in message
+    assert "max_nonfinite_steps=2" in message and f"the newest is {before}" in message
+    assert list_checkpoints(out) == [before] and not os.path.exists(os.path.join(out, "final.pdparams"))
+    state = load_checkpoint(before)["model"]
+    assert all(np.isfinite(v.numpy()).all() for v in state.values())
+    log = open(os.path.join(out, "log.txt"), encoding="utf-8").read()
+    assert "not saving a checkpoint at epoch 0 iteration 4" in log
+
+
+def test_training_stopped_exits_1_with_one_line(capsys):
+    def stops():
+        raise TrainingStopped("training stopped at step 7: the loss stayed NaN")
+    with pytest.raises(SystemExit) as ended:
+        run_tool(stops)
+    assert ended.value.code == 1
+    assert capsys.readouterr().err == "error: training stopped at step 7: the loss stayed NaN\n"
