@@ -98,7 +98,8 @@ def build_loader(dataset: paddle.io.Dataset, batch_size: int, num_workers: int, 
 
 
 def die_with_parent(parent_pid: int, worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: the worker gets SIGKILL when the process that started it dies (Linux).
+    """DataLoader ``worker_init_fn``: the worker gets SIGKILL when the process that started it dies (Linux;
+    strictly, when the thread that iterates the loader ends: here the main thread).
 
     Paddle's worker waits for indices without a timeout (``indices_queue.get(MP_STATUS_CHECK_INTERVAL)`` passes
     the interval as ``block``), so its parent check never runs: the workers of a process that was killed,
