@@ -9,6 +9,7 @@ import pytest
 from conftest import fixture_path
 
 from passl_tl.models import Classifier, build_model, create_model
+from passl_tl.models.backbones.lvvit import ConvStem
 from passl_tl.models.heads import TokenLabelHead
 from passl_tl.models.layers import DropPath, Mlp, TorchBatchNorm2D, flip_box, trunc_normal_
 from passl_tl.utils.registry import MODELS, ConfigError
@@ -92,6 +93,31 @@ def test_lean_backward_of_drop_path_and_mlp_is_bit_identical_to_autograd():
     want = _output_and_grads(lambda t: mlp.fc2(mlp.act(mlp.fc1(t))), x, params)
     for g, e in zip(got, want):
         np.testing.assert_array_equal(g, e)
+
+
+def test_lean_backward_of_conv_stem_is_bit_identical_to_autograd():
+    """The stem's BN → ReLU → conv steps recompute ReLU(BN) in backward: same values, grads and BN statistics."""
+    x = np.random.RandomState(7).standard_normal((3, 3, 16, 16)).astype("float32")
+    paddle.seed(2)
+    stem = ConvStem(patch_size=4, in_chans=3, embed_dim=8, channels=5)
+    stem.train()
+    params = list(stem.parameters())
+    trainable = [p for p in params if not p.stop_gradient]
+    start = [p.numpy() for p in params]
+
+    def plain(t):
+        for conv, bn in ((stem.conv1, stem.bn1), (stem.conv2, stem.bn2), (stem.conv3, stem.bn3)):
+            t = nn.functional.relu(bn(conv(t)))
+        return stem.proj(t)
+
+    got = _output_and_grads(stem, x, trainable) + [p.numpy() for p in params]
+    for p, value in zip(params, start):
+        p.set_value(value)
+    want = _output_and_grads(plain, x, trainable) + [p.numpy() for p in params]
+    assert len(got) == len(want) == 2 + len(trainable) + len(params)
+    for g, e in zip(got, want):
+        np.testing.assert_array_equal(g, e)
+    assert stem(paddle.to_tensor(x)).grad_fn.name() != "AddGradNode"  # the lean path was taken
 
 
 def test_trunc_normal_bounds_are_absolute():
