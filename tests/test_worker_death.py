@@ -22,6 +22,14 @@ FAULT_STEP = 2  # rank faults: at this training iteration
 FAULT_ITEM = 10  # worker faults: at the 10th image a worker loads (its second batch)
 EXIT_BOUND_S = 20  # fault -> job ended; unreported, gloo would wait 30 s and NCCL 30 minutes
 RANK1 = r"rank 1 \(pid \d+, host \S+\)"
+WORKER_RAISED = r"RuntimeError: injected failure in a DataLoader worker"
+# Paddle raises this in the main thread when it runs Python as the worker dies (its SIGCHLD handler), else its
+# reader thread finds the worker dead within 5 s, logs which, and the main thread's read fails (data reader ...)
+WORKER_KILLED = (r"DataLoader process \(pid \d+\) exited is killed by signal: Killed"
+                 r"|DataLoader \d workers exit unexpectedly, pids: \d+")
+WORKER_CAUSES = {"worker_raise": rf"data reader raises an exception.*\n(.*\n)*.*after thread .* raised: "
+                                 rf"RuntimeError: DataLoader worker\(\d\) caught RuntimeError(.*\n)*.*{WORKER_RAISED}",
+                 "worker_sigkill": r"DataLoader process \(pid \d+\) exited is killed|data reader raises an exception"}
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="death reports read Linux /proc")
 
@@ -136,16 +144,6 @@ def test_killed_rank_is_named_with_its_signal(data_root, tmp_path):
                      result.output), result.output[-3000:]
 
 
-WORKER_RAISED = r"RuntimeError: injected failure in a DataLoader worker"
-# Paddle raises this in the main thread when it runs Python as the worker dies (its SIGCHLD handler), else its
-# reader thread finds the worker dead within 5 s, logs which, and the main thread's read fails (data reader ...)
-WORKER_KILLED = (r"DataLoader process \(pid \d+\) exited is killed by signal: Killed"
-                 r"|DataLoader \d workers exit unexpectedly, pids: \d+")
-WORKER_CAUSES = {"worker_raise": rf"data reader raises an exception.*\n(.*\n)*.*after thread .* raised: "
-                                 rf"RuntimeError: DataLoader worker\(\d\) caught RuntimeError(.*\n)*.*{WORKER_RAISED}",
-                 "worker_sigkill": r"DataLoader process \(pid \d+\) exited is killed|data reader raises an exception"}
-
-
 @pytest.mark.parametrize("fault", ["worker_raise", "worker_sigkill"])
 def test_dataloader_worker_death_stops_every_rank(data_root, tmp_path, fault):
     result = run(fault, data_root, tmp_path, launch=True)
@@ -161,6 +159,23 @@ def test_dataloader_worker_death_ends_a_single_process_run(data_root, tmp_path, 
     check_ended(result)
     assert re.search(WORKER_RAISED if fault == "worker_raise" else WORKER_KILLED, result.output), \
         result.output[-3000:]
+
+
+@pytest.mark.parametrize("end, cause", [
+    (lambda: os._exit(3), "exited with code 3"),
+    (lambda: os.kill(os.getpid(), signal.SIGKILL), "was killed by signal 9 (SIGKILL)"),
+])
+def test_exit_status_of_a_dead_unreaped_process(end, cause):
+    from passl_tl.utils.dist import death_cause, exit_status
+    pid = os.fork()
+    if pid == 0:
+        end()
+    deadline = time.monotonic() + 10
+    while (status := exit_status(pid)) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert status is not None and death_cause(status) == cause
+    os.waitpid(pid, 0)
+    assert exit_status(pid) is None  # reaped: gone
 
 
 if __name__ == "__main__":
