@@ -68,7 +68,8 @@ def _output_and_grads(fn, x, params):
 
 
 def test_lean_backward_of_drop_path_and_mlp_is_bit_identical_to_autograd():
-    """DropPath and the MLP keep less for backward (their own PyLayer backward), with the same values."""
+    """DropPath (alone and added to a residual) and the MLP keep less for backward (their own PyLayer
+    backward), with the same values."""
     x = np.random.RandomState(5).standard_normal((8, 7, 6)).astype("float32")
     layer = DropPath(0.3)
     layer.train()
@@ -83,6 +84,13 @@ def test_lean_backward_of_drop_path_and_mlp_is_bit_identical_to_autograd():
     assert 0 < (got[0] == 0).all((1, 2)).sum() < 8  # some samples dropped, some kept
     for g, e in zip(got, want):
         np.testing.assert_array_equal(g, e)
+    for divisor in (1.0, 3.0):  # a block's residual step: residual + drop_path(branch) / skip_lam
+        paddle.seed(0)
+        got = _output_and_grads(lambda t: layer.add_to(t * 3.0, t.tanh(), divisor), x, [])
+        paddle.seed(0)
+        want = _output_and_grads(lambda t: t * 3.0 + plain_drop_path(t.tanh()) / divisor, x, [])
+        for g, e in zip(got, want):
+            np.testing.assert_array_equal(g, e)
 
     paddle.seed(1)
     mlp = Mlp(6, 12)

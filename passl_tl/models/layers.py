@@ -95,31 +95,48 @@ class DropPath(nn.Layer):
         self.drop_prob = drop_prob
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.add_to(None, x)
+
+    def add_to(self, residual: Tensor | None, x: Tensor, divisor: float = 1.0) -> Tensor:
+        """``residual + drop_path(x) / divisor`` (``residual`` None: the scaled branch alone).
+
+        In training it is one step writing into a single new tensor, whose backward keeps only the
+        per-sample mask (autograd of these ops would also keep ``x``, a full-size branch)."""
         if self.drop_prob == 0.0 or not self.training:
-            return x
+            out = x if divisor == 1.0 else x / divisor
+            return out if residual is None else residual + out
         keep = 1.0 - self.drop_prob
         mask = paddle.bernoulli(paddle.full([x.shape[0]] + [1] * (x.ndim - 1), keep, dtype=x.dtype))
-        return _MaskedScale.apply(x, mask, keep)
+        if residual is not None and residual.dtype != x.dtype:  # (AMP) the sum takes the wider type
+            return residual + _DropPath.apply(x, mask, keep, divisor, None)
+        return _DropPath.apply(x, mask, keep, divisor, residual)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
 
 
-class _MaskedScale(PyLayer):
-    """``x * mask / keep`` whose backward keeps only ``mask``: autograd of the two ops would also keep
-    ``x`` (a full-size residual branch, 3 MB a block for LV-ViT-T at batch 16). The backward runs the
-    same ops as theirs (``grad / keep * mask``), so the values are bit-identical."""
+class _DropPath(PyLayer):
+    """``residual + x * mask / keep / divisor`` by these ops in this order (the sum commuted), in place after
+    the first, so the values are bit-identical; the backward keeps only ``mask`` and runs autograd's ops."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, mask: Tensor, keep: float) -> Tensor:
+    def forward(ctx, x: Tensor, mask: Tensor, keep: float, divisor: float, residual: Tensor | None) -> Tensor:
         ctx.save_for_backward(mask)
-        ctx.keep = keep
-        return x * mask / keep
+        ctx.divisors = [keep] if divisor == 1.0 else [keep, divisor]
+        ctx.needs_grad = [not t.stop_gradient for t in (x, mask, residual) if t is not None]
+        out = x * mask
+        for d in ctx.divisors:
+            out.divide_(paddle.full([], d, dtype=out.dtype))
+        return out if residual is None else out.add_(residual)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         (mask,) = ctx.saved_tensor()
-        return grad / ctx.keep * mask
+        grad_x = grad / ctx.divisors[-1]
+        for d in ctx.divisors[-2::-1]:
+            grad_x.divide_(paddle.full([], d, dtype=grad_x.dtype))
+        grads = (grad_x.multiply_(mask), None, grad)
+        return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_grad))
 
 
 class Mlp(nn.Layer):
@@ -225,12 +242,8 @@ class Block(nn.Layer):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self._scaled(self.drop_path(self.attn(self.norm1(x))))
-        return x + self._scaled(self.drop_path(self.mlp(self.norm2(x))))
-
-    def _scaled(self, branch: Tensor) -> Tensor:
-        """``branch / skip_lam``; no op (and no full-size copy) for the usual ``skip_lam`` of 1."""
-        return branch if self.skip_lam == 1.0 else branch / self.skip_lam
+        x = self.drop_path.add_to(x, self.attn(self.norm1(x)), self.skip_lam)
+        return self.drop_path.add_to(x, self.mlp(self.norm2(x)), self.skip_lam)
 
 
 # ----------------------------------------------------------------------------- MixToken
