@@ -48,9 +48,9 @@ class ConvStem(nn.Layer):
 
 class _BNReLUConv(PyLayer):
     """``conv(relu(bn(x)))`` (training) whose backward keeps ``x``, which BatchNorm's backward keeps anyway, but
-    not ``relu(bn(x))``: it recomputes that (BatchNorm of the same batch, same values; ~40 ms a stage for
-    LV-ViT-T at batch 16) instead of keeping a second stem-sized map (49 MB a stage). The backward runs
-    autograd's kernels (add_grad, conv2d_grad, relu_grad, batch_norm_grad): the gradients are bit-identical."""
+    not ``relu(bn(x))``: it recomputes that (one more BatchNorm forward of the same batch, same values) instead
+    of keeping a second stem-sized map (49 MB a stage for LV-ViT-T at batch 16). The backward runs autograd's
+    kernels (add_grad, conv2d_grad, relu_grad, batch_norm_grad), so the gradients are bit-identical."""
 
     @staticmethod
     def forward(ctx, x: Tensor, bn_weight: Tensor, bn_bias: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,
