@@ -348,6 +348,14 @@ def damaged_demo(tmp_path):
     return data_root, image, label
 
 
+def test_training_run_stops_naming_the_bad_image(damaged_demo, tmp_path):
+    from test_training import DEMO_CONFIG, small_run_overrides, train
+    data_root, image, _ = damaged_demo
+    overrides = small_run_overrides(data_root, str(tmp_path / "out"), epochs=1, workers=2)
+    with pytest.raises(ValueError, match=re.escape(image)):
+        train.main(["-c", DEMO_CONFIG, "-o", *overrides])
+
+
 def test_training_run_skips_and_falls_back_and_reports(damaged_demo, tmp_path):
     """A real run (2 DataLoader workers) replaces both, lists them in the output dir and logs the counts."""
     from test_training import DEMO_CONFIG, small_run_overrides, train

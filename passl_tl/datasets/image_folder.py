@@ -86,11 +86,16 @@ def read_list_file(root: str, list_file: str, classes: Sequence[str] | None = No
 
 
 class BadImageError(ValueError):
-    """An image file that cannot be decoded: ``path`` and ``reason`` (what is wrong) for reports."""
+    """An image file that cannot be decoded; ``reason`` says what is wrong, for reports. One-argument
+    construction works too (a DataLoader worker's error is re-raised in the main process that way)."""
 
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"cannot decode image {path}: {reason}")
-        self.path, self.reason = path, reason
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _bad_image(path: str, reason: str) -> BadImageError:
+    return BadImageError(f"cannot decode image {path}: {reason}", reason)
 
 
 def read_rgb(path: str) -> np.ndarray:
@@ -105,11 +110,11 @@ def read_rgb(path: str) -> np.ndarray:
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
-        raise BadImageError(path, f"unreadable ({e.strerror or e})") from e
+        raise _bad_image(path, f"unreadable ({e.strerror or e})") from e
     if not data.size:
-        raise BadImageError(path, "empty file (0 bytes)")
+        raise _bad_image(path, "empty file (0 bytes)")
     # PIL (used by timm and the label annotator) ignores EXIF orientation: so do we
     img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
-        raise BadImageError(path, f"OpenCV cannot decode its {data.size} bytes (truncated, corrupt or not an image)")
+        raise _bad_image(path, f"OpenCV cannot decode its {data.size} bytes (truncated, corrupt or not an image)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

@@ -143,7 +143,7 @@ class ImageNetTokenLabel:
             except BadImageError as e:
                 if self.bad_image == "error":
                     raise
-                self.faults.record("skipped_images", e.path, e.reason)
+                self.faults.record("skipped_images", self.samples[source][0], e.reason)
         raise ValueError(f"none of the {len(self)} images under {self.root} can be decoded")
 
     def _open_labels(self, label_format: str) -> None:

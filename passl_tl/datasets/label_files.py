@@ -27,9 +27,10 @@ def label_key(image_path: str) -> str:
 
 
 class BadLabelError(ValueError):
-    """A token label that cannot be used; ``reason`` says what is wrong without naming the label."""
+    """A token label that cannot be used; ``reason`` says what is wrong without naming the label.
+    One-argument construction works too (as a DataLoader worker's error is re-raised)."""
 
-    def __init__(self, message: str, reason: str):
+    def __init__(self, message: str, reason: str = ""):
         super().__init__(message)
         self.reason = reason
 

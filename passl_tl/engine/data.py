@@ -5,7 +5,8 @@ import functools
 import math
 import os
 import signal
-from typing import Any, Mapping
+import threading
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import paddle
@@ -107,6 +108,28 @@ def die_with_parent(parent_pid: int, worker_id: int) -> None:
     """
     if set_parent_death_signal(signal.SIGKILL) and os.getppid() != parent_pid:  # died before that
         os._exit(1)
+
+
+def batches(loader: Iterable) -> Iterator:
+    """Iterate ``loader``; an error raised in a DataLoader worker is raised here as itself (its message
+    holds the worker's traceback, e.g. the image it could not decode). Paddle re-raises it in the
+    loader's reading thread and the main thread only learns "Blocking queue is killed"."""
+    thread_errors: list[BaseException] = []
+    previous_hook = threading.excepthook
+
+    def keep(args: threading.ExceptHookArgs) -> None:
+        thread_errors.append(args.exc_value)
+        previous_hook(args)
+
+    threading.excepthook = keep
+    try:
+        yield from loader
+    except SystemError as e:
+        if thread_errors:
+            raise thread_errors[-1] from e
+        raise
+    finally:
+        threading.excepthook = previous_hook
 
 
 def build_target_builder(cfg: Mapping[str, Any] | None, where: str):

@@ -7,6 +7,7 @@ from typing import Callable, Iterable
 import paddle
 
 from ..utils.dist import all_reduce_sum, world_size
+from .data import batches
 from .eval_forward import eval_forward
 
 
@@ -20,7 +21,7 @@ def evaluate(model: paddle.nn.Layer, loader: Iterable, amp_context: Callable | N
     correct1 = correct5 = count = 0.0
     start = time.time()
     forward = eval_forward(model, backend, amp_context)
-    for images, labels in loader:
+    for images, labels in batches(loader):
         logits = forward(images)
         labels = labels.reshape([-1, 1]).astype("int64")
         k = min(5, logits.shape[-1])

@@ -15,7 +15,7 @@ from ..utils.logger import get_logger
 from ..utils.registry import DATASETS, HOOKS, LR_SCHEDULERS, OPTIMIZERS, TRANSFORMS
 from ..utils.seeding import derived_seed
 from .checkpoint import load_checkpoint, load_latest_checkpoint, portable_optimizer_state, restore_optimizer_state
-from .data import build_dataset, build_loader, build_target_builder, check_data_matches_model
+from .data import batches, build_dataset, build_loader, build_target_builder, check_data_matches_model
 from .hooks.hook import Hook
 from .hooks.lr_scheduler import LRSchedulerHook
 
@@ -129,7 +129,7 @@ class Trainer:
             self._call("before_train_epoch")
             self.model.train()
             first = self.start_iter if epoch == self.start_epoch else 0
-            for self.iter, (images, labels) in enumerate(self.train_loader, start=first):
+            for self.iter, (images, labels) in enumerate(batches(self.train_loader), start=first):
                 self.global_step = epoch * self.iters_per_epoch + self.iter
                 self.images = images
                 self.targets = self.target_builder(labels) if self.target_builder is not None else labels
