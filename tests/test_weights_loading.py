@@ -111,6 +111,20 @@ def test_unsupported_files(tmp_path):
         load_weights(_small_model(), str(junk))
 
 
+def test_truncated_tensor_storage_is_an_error_not_an_out_of_bounds_read(tmp_path):
+    from conftest import fixture_path
+    damaged = str(tmp_path / "damaged.pth")
+    with zipfile.ZipFile(fixture_path("lvvit_t_d2.pth")) as source, zipfile.ZipFile(damaged, "w") as target:
+        storages = [n for n in source.namelist() if "/data/" in n]
+        largest = max(storages, key=lambda n: source.getinfo(n).file_size)
+        for name in source.namelist():
+            data = source.read(name)
+            target.writestr(name, data[: len(data) // 2] if name == largest else data)
+    with pytest.raises(ValueError, match=rf"{damaged}: cannot read the checkpoint: a tensor of size .* needs "
+                                         rf"element \d+ of a storage of \d+ \(truncated or corrupt file\?\)"):
+        load_torch_file(damaged)
+
+
 def test_reader_never_imports_classes_from_the_file(tmp_path):
     path = tmp_path / "train.pth.tar"
     with zipfile.ZipFile(path, "w") as archive:

@@ -47,7 +47,14 @@ class Placeholder:
 
 
 def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_: Any) -> np.ndarray:
-    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
+    size, stride = tuple(size), tuple(stride)
+    if len(size) != len(stride) or offset < 0 or min(size + stride, default=0) < 0:
+        raise pickle.UnpicklingError(f"malformed tensor: size {size}, stride {stride}, offset {offset}")
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if 0 not in size else offset - 1
+    if last >= storage.size:
+        raise pickle.UnpicklingError(f"a tensor of size {size} (stride {stride}, offset {offset}) needs element "
+                                     f"{last} of a storage of {storage.size} (truncated or corrupt file?)")
+    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
                                            strides=tuple(s * storage.itemsize for s in stride))
     return view.copy()
 
@@ -108,4 +115,7 @@ def load_torch_file(path: str) -> Any:
         prefix = pickles[0][: -len("data.pkl")]
         names = set(archive.namelist())
         big_endian = prefix + "byteorder" in names and archive.read(prefix + "byteorder").strip() == b"big"
-        return _Unpickler(archive, prefix, big_endian).load()
+        try:
+            return _Unpickler(archive, prefix, big_endian).load()
+        except (pickle.UnpicklingError, EOFError, ValueError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path}: cannot read the checkpoint: {e}") from e
