@@ -264,3 +264,15 @@ def test_parameter_counts_match_official(preset, key):
     # buffers: BatchNorm running stats plus one num_batches_tracked per BN (no Paddle counterpart)
     assert sum(math.prod(state[k].shape) for k in bn_stats) == official["buffers_numel"] - len(bn_stats) // 2
     assert len(state) == official["state_dict_tensors"] - len(bn_stats) // 2
+
+
+def test_lean_backward_only_on_tested_paddle_versions(monkeypatch):
+    """Other Paddle versions (whose internal grad kernels may differ) take plain autograd."""
+    from passl_tl.models import layers
+    x = paddle.to_tensor(np.ones((2, 3, 6), np.float32), stop_gradient=False)
+    mlp = Mlp(6, 12)
+    mlp.train()
+    assert layers.lean_backward(True) and not layers.lean_backward(False)
+    monkeypatch.setattr(layers, "LEAN_BACKWARD_VERSIONS", ("9.9.",))
+    assert not layers.lean_backward(True)
+    assert mlp(x).grad_fn.name() == "AddGradNode"  # fc2's bias add: the plain path

@@ -87,6 +87,17 @@ class TorchBatchNorm2D(nn.BatchNorm2D):
         return out
 
 
+# Paddle versions whose gradient kernels (``_C_ops.*_grad``) the memory-lean backward steps were written and
+# tested against; elsewhere plain autograd runs (same numbers, more memory kept for the backward).
+LEAN_BACKWARD_VERSIONS = ("3.3.",)
+
+
+def lean_backward(training: bool) -> bool:
+    """Whether a layer may use its memory-lean backward step: training, outside AMP, on a tested Paddle."""
+    return (training and paddle.__version__.startswith(LEAN_BACKWARD_VERSIONS)
+            and not paddle.amp.is_autocast_enabled())
+
+
 class DropPath(nn.Layer):
     """Stochastic depth: drop the whole residual branch of a sample with probability ``drop_prob``."""
 
@@ -154,8 +165,7 @@ class Mlp(nn.Layer):
 
     def forward(self, x: Tensor) -> Tensor:
         hidden = self.fc1(x)
-        if (self.training and isinstance(self.act, nn.GELU) and self.drop.p == 0
-                and not paddle.amp.is_autocast_enabled()):
+        if lean_backward(self.training) and isinstance(self.act, nn.GELU) and self.drop.p == 0:
             return _GeluLinear.apply(hidden, self.fc2.weight, self.fc2.bias, self.act._approximate)
         return self.drop(self.fc2(self.drop(self.act(hidden))))
 

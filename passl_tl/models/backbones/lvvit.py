@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle import Tensor, _C_ops
@@ -17,7 +16,7 @@ from paddle.autograd import PyLayer
 
 from ...utils.registry import BACKBONES, MODELS, ConfigError
 from ..classifier import Classifier, build_preset, patch_token_map
-from ..layers import Block, TorchBatchNorm2D, init_vit_weights, tokens_with_prefix, trunc_normal_
+from ..layers import Block, TorchBatchNorm2D, init_vit_weights, lean_backward, tokens_with_prefix, trunc_normal_
 
 
 class ConvStem(nn.Layer):
@@ -37,7 +36,7 @@ class ConvStem(nn.Layer):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv1(x)
-        lean = self.training and not paddle.amp.is_autocast_enabled()
+        lean = lean_backward(self.training)
         for bn, conv in ((self.bn1, self.conv2), (self.bn2, self.conv3), (self.bn3, self.proj)):
             if lean:
                 x = _BNReLUConv.apply(x, bn.weight, bn.bias, conv.weight, conv.bias, bn, conv)
