@@ -165,11 +165,22 @@ def test_corrupt_checkpoint_is_named_and_auto_falls_back(reference, tmp_path, da
     assert_same_final_state(reference_dir, str(out))
 
 
+def test_resume_auto_refuses_when_every_checkpoint_is_unreadable(reference, tmp_path):
+    data_root, reference_dir = reference
+    out = tmp_path / "all_bad"
+    out.mkdir()
+    for name in ("ckpt_e0000_i000002.pdckpt", "ckpt_e0000_i000004.pdckpt"):
+        (out / name).write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=f"none of the checkpoints in {out} can be read"):
+        resume_auto(data_root, str(out))
+    assert sorted(os.listdir(out)) >= ["ckpt_e0000_i000002.pdckpt", "ckpt_e0000_i000004.pdckpt"]  # kept
+
+
 def test_resume_auto_without_checkpoints_starts_from_scratch(reference, tmp_path):
     data_root, reference_dir = reference
     out = str(tmp_path / "fresh")
     log = resume_auto(data_root, out)
-    assert "no usable checkpoint" in log and "starting from scratch" in log
+    assert "no checkpoint in" in log and "starting from scratch" in log
     assert_same_final_state(reference_dir, out)
 
 

@@ -121,7 +121,9 @@ def test_checksummed_save_detects_changed_bytes_and_leftovers_are_removed(tmp_pa
     with pytest.raises(ValueError, match=f"checkpoint {path} is corrupt or truncated"):
         load_checkpoint(path)
     (tmp_path / "ckpt_e0000_i000002.pdckpt.tmp4242").write_bytes(b"half")
+    (tmp_path / "notes.tmp1").write_bytes(b"a user's file")  # not ours: kept
     assert remove_temporaries(str(tmp_path)) == [str(tmp_path / "ckpt_e0000_i000002.pdckpt.tmp4242")]
+    os.remove(tmp_path / "notes.tmp1")
     assert sorted(os.listdir(tmp_path)) == [checkpoint_name(0, 1), checkpoint_name(0, 1) + ".sha256"]
 
 

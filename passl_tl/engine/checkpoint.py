@@ -14,7 +14,8 @@ import paddle
 from ..utils.logger import get_logger
 
 CHECKSUM_SUFFIX = ".sha256"
-_TEMPORARY = re.compile(r"\.tmp\d+$")  # save_atomic's temporary files (left by a killed process)
+# save_atomic's temporary files of the files a run writes (left by a killed process)
+_TEMPORARY = re.compile(r"^(ckpt_e\d+_i\d+\.pdckpt(\.sha256)?|(best|final|final_ema)\.pdparams)\.tmp\d+$")
 _CHECKPOINT = re.compile(r"ckpt_e(\d+)_i(\d+)\.pdckpt$")
 
 
@@ -68,9 +69,9 @@ def _write_text_atomic(path: str, text: str) -> None:
 def save_atomic(obj: Any, path: str, checksum: bool = False) -> None:
     """``paddle.save`` ``obj`` to ``path`` so that a crash at any point leaves the previous file or the
     complete new one: a temporary file, fsync, rename, fsync of the directory. With ``checksum`` its
-    SHA-256 goes to ``path.sha256`` first (a file under the real name always has its checksum; use it
-    for names written once). Errors (unwritable directory, disk full) name the file; nothing earlier
-    is touched."""
+    SHA-256 then goes to ``path.sha256`` (an old one is removed first: a file is never paired with
+    another's checksum, at worst it has none). Errors (unwritable directory, disk full) name the
+    file; nothing earlier is touched."""
     directory = os.path.dirname(os.path.abspath(path))
     tmp = f"{path}.tmp{os.getpid()}"
     try:
@@ -78,9 +79,12 @@ def save_atomic(obj: Any, path: str, checksum: bool = False) -> None:
         try:
             paddle.save(obj, tmp)
             _fsync_file(tmp)
-            if checksum:
-                _write_text_atomic(path + CHECKSUM_SUFFIX, file_sha256(tmp) + "\n")
+            digest = file_sha256(tmp) if checksum else None
+            if checksum and os.path.exists(path + CHECKSUM_SUFFIX):
+                os.remove(path + CHECKSUM_SUFFIX)
             os.replace(tmp, path)
+            if digest is not None:
+                _write_text_atomic(path + CHECKSUM_SUFFIX, digest + "\n")
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)

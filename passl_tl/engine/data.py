@@ -110,23 +110,30 @@ def die_with_parent(parent_pid: int, worker_id: int) -> None:
         os._exit(1)
 
 
+READER_THREAD = "(_thread_loop)"  # how Paddle's DataLoader names the thread that reads its workers' batches
+
+
 def batches(loader: Iterable) -> Iterator:
     """Iterate ``loader``; an error raised in a DataLoader worker is raised here as itself (its message
     holds the worker's traceback, e.g. the image it could not decode). Paddle re-raises it in the
     loader's reading thread and the main thread only learns "Blocking queue is killed"."""
-    thread_errors: list[BaseException] = []
+    reader_errors: list[BaseException] = []
     previous_hook = threading.excepthook
 
     def keep(args: threading.ExceptHookArgs) -> None:
-        thread_errors.append(args.exc_value)
+        if args.thread is not None and args.thread.name.endswith(READER_THREAD):
+            reader_errors.append(args.exc_value)
         previous_hook(args)
 
     threading.excepthook = keep
     try:
         yield from loader
     except SystemError as e:
-        if thread_errors:
-            raise thread_errors[-1] from e
+        for thread in threading.enumerate():  # the queue is killed before the reader reaches its excepthook
+            if thread.name.endswith(READER_THREAD):
+                thread.join(timeout=5.0)
+        if reader_errors:
+            raise reader_errors[-1] from e
         raise
     finally:
         threading.excepthook = previous_hook

@@ -52,8 +52,10 @@ class OneDNNForward:
             with tempfile.TemporaryDirectory(prefix="passl_tl_eval_") as tmp:
                 program, params = save_program(self.model, os.path.join(tmp, "model"), [None, *key])
                 self._predictors[key] = create_cpu_predictor(program, params, cpu_threads(), onednn=True)
-        logits = run_predictor(self._predictors[key], images.numpy())
-        set_cpu_threads(cpu_threads())  # a predictor run leaves the math library's threads set its way
+        try:
+            logits = run_predictor(self._predictors[key], images.numpy())
+        finally:
+            set_cpu_threads(cpu_threads())  # a predictor run leaves the math library's threads set its way
         return paddle.to_tensor(logits)
 
 

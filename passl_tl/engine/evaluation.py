@@ -20,20 +20,22 @@ def evaluate(model: paddle.nn.Layer, loader: Iterable, amp_context: Callable | N
     model.eval()
     correct1 = correct5 = count = 0.0
     start = time.time()
-    forward = eval_forward(model, backend, amp_context)
-    for images, labels in batches(loader):
-        logits = forward(images)
-        labels = labels.reshape([-1, 1]).astype("int64")
-        k = min(5, logits.shape[-1])
-        top = paddle.topk(logits.astype("float32"), k=k, axis=-1)[1]
-        hits = (top == labels).astype("float32")
-        correct1 += float(hits[:, 0].sum())
-        correct5 += float(hits.sum())
-        count += labels.shape[0]
+    try:
+        forward = eval_forward(model, backend, amp_context)
+        for images, labels in batches(loader):
+            logits = forward(images)
+            labels = labels.reshape([-1, 1]).astype("int64")
+            k = min(5, logits.shape[-1])
+            top = paddle.topk(logits.astype("float32"), k=k, axis=-1)[1]
+            hits = (top == labels).astype("float32")
+            correct1 += float(hits[:, 0].sum())
+            correct5 += float(hits.sum())
+            count += labels.shape[0]
+    finally:
+        if was_training:
+            model.train()
     elapsed = time.time() - start
     correct1, correct5, count, elapsed = all_reduce_sum([correct1, correct5, count, elapsed])
-    if was_training:
-        model.train()
     if count == 0:
         raise ValueError("the validation set is empty")
     return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "count": int(count),

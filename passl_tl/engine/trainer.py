@@ -14,7 +14,8 @@ from ..utils.dist import is_main, rank, world_size
 from ..utils.logger import get_logger
 from ..utils.registry import DATASETS, HOOKS, LR_SCHEDULERS, OPTIMIZERS, TRANSFORMS
 from ..utils.seeding import derived_seed
-from .checkpoint import load_checkpoint, load_latest_checkpoint, portable_optimizer_state, restore_optimizer_state
+from .checkpoint import (list_checkpoints, load_checkpoint, load_latest_checkpoint, portable_optimizer_state,
+                         restore_optimizer_state)
 from .data import batches, build_dataset, build_loader, build_target_builder, check_data_matches_model
 from .hooks.hook import Hook
 from .hooks.lr_scheduler import LRSchedulerHook
@@ -181,8 +182,11 @@ class Trainer:
         dir (a corrupt newer one is skipped with a warning), or from scratch when there is none."""
         if path == "auto":
             found = load_latest_checkpoint(self.output_dir)
+            if found is None and list_checkpoints(self.output_dir):
+                raise ValueError(f"--resume auto: none of the checkpoints in {self.output_dir} can be read (see "
+                                 f"the warnings above); move them away to start from scratch")
             if found is None:
-                get_logger().info(f"--resume auto: no usable checkpoint in {self.output_dir}; starting from scratch")
+                get_logger().info(f"--resume auto: no checkpoint in {self.output_dir}; starting from scratch")
                 return
             path, state = found
         else:

@@ -7,6 +7,7 @@ import sys
 import zipfile
 from typing import Any, Callable
 
+from .dist import report_failure
 from .errors import TrainingStopped
 from .registry import ConfigError
 
@@ -31,8 +32,10 @@ def run_tool(main: Callable[[], Any]) -> None:
         code = main()
     except INPUT_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
+        report_failure(e)
         sys.exit(2)
     except TrainingStopped as e:
         print(f"error: {e}", file=sys.stderr)
+        report_failure(e)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

@@ -35,12 +35,24 @@ def is_main() -> bool:
     return rank() == 0
 
 
+_reporter: "FailureReporter | None" = None
+
+
 def init_distributed(grace: float = 10.0) -> None:
     """Join the process group when launched by ``paddle.distributed.launch`` with >1 process, and make
     every rank stop, naming the failed rank and why, when one fails (:class:`FailureReporter`)."""
+    global _reporter
     if world_size() > 1 and not dist.is_initialized():
         dist.init_parallel_env()
-        FailureReporter(grace).start()
+        _reporter = FailureReporter(grace)
+        _reporter.start()
+
+
+def report_failure(error: BaseException) -> None:
+    """Tell the other ranks why this one stops (a tool that handles ``error`` itself, e.g. exiting with a
+    one-line message, calls this; an unhandled error is reported by the excepthook). No-op in one process."""
+    if _reporter is not None:
+        _reporter.report(f"failed: {describe(error)}{_reporter.thread_error}")
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:

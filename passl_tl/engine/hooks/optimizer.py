@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 
 import paddle
 
-from ...utils.dist import is_main
+from ...utils.dist import all_reduce_sum, is_main
 from ...utils.errors import TrainingStopped
 from ...utils.logger import get_logger
 from ...utils.registry import HOOKS, ConfigError
@@ -58,7 +58,8 @@ class OptimizerHook(Hook):
         if scaler is not None:
             scaler.step(optimizer)  # unscales, and skips the update itself when a gradient overflows
             scaler.update()
-            finite = bool(paddle.isfinite(trainer.loss).all())  # overflows while the scale settles do not count
+            # overflows while the scale settles do not count; the loss is per process: agree on it
+            finite = all_reduce_sum([0.0 if bool(paddle.isfinite(trainer.loss).all()) else 1.0])[0] == 0.0
         else:
             finite = gradients_finite(optimizer)
             if finite:
@@ -74,7 +75,8 @@ class OptimizerHook(Hook):
         where = f"epoch {trainer.epoch} iteration {trainer.iter + 1} (step {trainer.global_step})"
         if trainer.nonfinite_steps <= self.max_nonfinite_steps:
             if is_main():
-                get_logger().warning(f"{where}: non-finite gradient (loss {float(trainer.loss):.4g}); step skipped "
+                what = "loss" if trainer.scaler is not None else "gradient"
+                get_logger().warning(f"{where}: non-finite {what} (loss {float(trainer.loss):.4g} here); step skipped "
                                      f"({trainer.nonfinite_steps} in a row, the run stops after "
                                      f"{self.max_nonfinite_steps})")
             return
