@@ -7,7 +7,7 @@ import glob
 import hashlib
 import os
 import re
-from typing import Any
+from typing import Any, Callable
 
 import paddle
 
@@ -54,16 +54,21 @@ def _fsync_directory(directory: str) -> None:
         os.close(dir_fd)
 
 
-def _write_text_atomic(path: str, text: str) -> None:
+def _replace_atomically(path: str, write: Callable[[str], Any]) -> None:
+    """``write(tmp)``, fsync, rename over ``path``; the temporary file never survives a failure."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        write(tmp)
         _fsync_file(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def save_atomic(obj: Any, path: str, checksum: bool = False) -> None:
@@ -73,21 +78,14 @@ def save_atomic(obj: Any, path: str, checksum: bool = False) -> None:
     another's checksum, at worst it has none). Errors (unwritable directory, disk full) name the
     file; nothing earlier is touched."""
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.tmp{os.getpid()}"
+    sidecar = path + CHECKSUM_SUFFIX
     try:
         os.makedirs(directory, exist_ok=True)
-        try:
-            paddle.save(obj, tmp)
-            _fsync_file(tmp)
-            digest = file_sha256(tmp) if checksum else None
-            if checksum and os.path.exists(path + CHECKSUM_SUFFIX):
-                os.remove(path + CHECKSUM_SUFFIX)
-            os.replace(tmp, path)
-            if digest is not None:
-                _write_text_atomic(path + CHECKSUM_SUFFIX, digest + "\n")
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        if checksum and os.path.exists(sidecar):
+            os.remove(sidecar)
+        _replace_atomically(path, lambda tmp: paddle.save(obj, tmp))
+        if checksum:
+            _replace_atomically(sidecar, lambda tmp: _write_text(tmp, file_sha256(path) + "\n"))
         _fsync_directory(directory)
     except OSError as e:
         full = " (disk full)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
