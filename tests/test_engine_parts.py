@@ -268,3 +268,39 @@ def test_sampler_and_evaluate_hook_arguments_are_checked():
             ShardedBatchSampler(10, 2, True, True, repeats=bad)
     with pytest.raises(ConfigError, match="track"):
         EvaluateHook(track="best")
+
+
+def test_mixtoken_box_seeds_replay_a_recorded_run():
+    """``box_seeds``: step k draws as the official code after ``np.random.seed(box_seeds[k])``; too few
+    seeds for the run is a config error naming the counts."""
+    from types import SimpleNamespace
+
+    from passl_tl.engine.hooks.mixtoken import MixTokenHook
+    from passl_tl.utils.registry import ConfigError
+    trainer = SimpleNamespace(grid_size=(14, 14), max_epochs=2, iters_per_epoch=2, seed=0, rank=0, mix_box=None)
+    hook = MixTokenHook(box_seeds=[5, 6, 7, 8])
+    hook.before_run(trainer)
+    for step, seed in enumerate([5, 6, 7, 8]):
+        trainer.global_step = step
+        hook.before_train_iter(trainer)
+        box = sample_mix_box(np.random.RandomState(seed), (14, 14))
+        assert trainer.mix_box == (box if box[0] < box[2] and box[1] < box[3] else None)
+    with pytest.raises(ConfigError, match=r"a seed for each of the 4 steps.*got 3 seeds"):
+        MixTokenHook(box_seeds=[1, 2, 3]).before_run(trainer)
+    with pytest.raises(ConfigError, match="box_seeds must be a list of non-negative integers"):
+        MixTokenHook(box_seeds=[1, -2])
+
+
+def test_fixed_batches_replay_every_epoch_and_resume_mid_epoch():
+    from passl_tl.engine import FixedBatches
+    batches = [(paddle.full([2, 3], float(i)), paddle.full([2], i)) for i in range(3)]
+    loader = FixedBatches(batches)
+    assert len(loader.batch_sampler) == 3 and loader.batch_size == 2 and loader.dataset is None
+    assert [int(x[0, 0]) for x, _ in loader] == [0, 1, 2] == [int(x[0, 0]) for x, _ in loader]
+    loader.batch_sampler.set_start_iter(2)
+    assert [int(x[0, 0]) for x, _ in loader] == [2]
+    assert [int(x[0, 0]) for x, _ in loader] == [0, 1, 2]  # the skip applies to one pass
+    with pytest.raises(ValueError, match=r"one size, got sizes \[2, 3\]"):
+        FixedBatches([batches[0], (paddle.zeros([3, 3]), paddle.zeros([3]))])
+    with pytest.raises(ValueError, match="at least one"):
+        FixedBatches([])

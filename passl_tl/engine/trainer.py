@@ -17,6 +17,7 @@ from ..utils.seeding import derived_seed
 from .checkpoint import (list_checkpoints, load_checkpoint, load_latest_checkpoint, portable_optimizer_state,
                          restore_optimizer_state)
 from .data import batches, build_dataset, build_loader, build_target_builder, check_data_matches_model
+from .fixed_batches import FixedBatches
 from .hooks.hook import Hook
 from .hooks.lr_scheduler import LRSchedulerHook
 
@@ -42,7 +43,7 @@ class Trainer:
     ``metrics``.
     """
 
-    def __init__(self, cfg: Config, model: paddle.nn.Layer, train_loader: paddle.io.DataLoader,
+    def __init__(self, cfg: Config, model: paddle.nn.Layer, train_loader: paddle.io.DataLoader | FixedBatches,
                  val_loader: paddle.io.DataLoader | None, optimizer: paddle.optimizer.Optimizer,
                  lr_scheduler: Any, hooks: Mapping[str, Hook], target_builder: Callable | None = None,
                  scaler: paddle.amp.GradScaler | None = None):
@@ -75,12 +76,16 @@ class Trainer:
         self.metrics: dict[str, Any] = {}
 
     @classmethod
-    def from_config(cls, cfg: Config, model: paddle.nn.Layer) -> "Trainer":
+    def from_config(cls, cfg: Config, model: paddle.nn.Layer,
+                    train_loader: paddle.io.DataLoader | FixedBatches | None = None) -> "Trainer":
+        """Everything from ``cfg``; ``train_loader`` (e.g. :class:`FixedBatches`) replaces ``data.train``."""
         data = cfg["data"]
-        train_set = build_dataset(data["train"], f"data.train of {cfg.source}", cfg["seed"])
+        train_set = None
+        if train_loader is None:
+            train_set = build_dataset(data["train"], f"data.train of {cfg.source}", cfg["seed"])
+            train_loader = build_loader(train_set, data["batch_size"], data["num_workers"], True, cfg["seed"],
+                                        data["repeated_augmentation"])
         val_set = build_dataset(data["val"], f"data.val of {cfg.source}", cfg["seed"]) if data["val"] else None
-        train_loader = build_loader(train_set, data["batch_size"], data["num_workers"], True, cfg["seed"],
-                                    data["repeated_augmentation"])
         val_loader = (build_loader(val_set, data["val_batch_size"], data["num_workers"], False, cfg["seed"])
                       if val_set is not None else None)
         optimizer = OPTIMIZERS.build(cfg["optimizer"], f"optimizer of {cfg.source}", model=model)

@@ -150,45 +150,26 @@ def _repeat(fn, settings: ModelSettings) -> list[float]:
     return seconds
 
 
-class _SameBatchLoader:
-    """Stands in for the training DataLoader: yields one batch ``iters`` times, and records the seconds
-    of every loop iteration (from handing over a batch to being asked for the next)."""
-
-    class _Sampler:
-        def __init__(self, batch_size: int, iters: int):
-            self.batch_size, self.iters = batch_size, iters
-
-        def __len__(self) -> int:
-            return self.iters
-
-        def set_epoch(self, epoch: int) -> None:
-            pass
-
-        def set_start_iter(self, start_iter: int) -> None:
-            pass
-
-    def __init__(self, images, labels, iters: int):
-        self.batch = (images, labels)
-        self.batch_sampler = self._Sampler(images.shape[0], iters)
-        self.dataset = None
-        self.seconds: list[float] = []
-
-    def __iter__(self) -> Iterator:
-        for _ in range(len(self.batch_sampler)):
-            start = time.perf_counter()
-            yield self.batch
-            self.seconds.append(time.perf_counter() - start)
-
-
 def _train_seconds(cfg, model, images, labels, settings: ModelSettings) -> tuple[list[float], dict[str, Any]]:
     """``Trainer.train`` for one epoch of ``warmup + repeats`` iterations of the same batch."""
     import paddle
 
     from ..engine.data import build_target_builder
+    from ..engine.fixed_batches import FixedBatches
     from ..engine.trainer import Trainer
     from ..utils.registry import HOOKS, LR_SCHEDULERS, OPTIMIZERS
 
-    loader = _SameBatchLoader(images, labels, settings.warmup + settings.repeats)
+    class TimedBatches(FixedBatches):
+        """Records the seconds of every loop iteration (from handing over a batch to being asked for the next)."""
+
+        def __iter__(self) -> Iterator:
+            for batch in super().__iter__():
+                start = time.perf_counter()
+                yield batch
+                seconds.append(time.perf_counter() - start)
+
+    seconds: list[float] = []
+    loader = TimedBatches([(images, labels)] * (settings.warmup + settings.repeats))
     optimizer = OPTIMIZERS.build(cfg["optimizer"], f"optimizer of {cfg.source}", model=model)
     lr_scheduler = LR_SCHEDULERS.build(cfg["lr_scheduler"], f"lr_scheduler of {cfg.source}",
                                        base_lr=cfg["optimizer"]["lr"], epochs=cfg["epochs"])
@@ -205,10 +186,10 @@ def _train_seconds(cfg, model, images, labels, settings: ModelSettings) -> tuple
         trainer.train()
     loss = float(trainer.loss)
     mixed = trainer.mix_box is not None
-    return loader.seconds, {"loss": loss, "hooks": [type(h).__name__ for h in trainer.hooks.values()],
-                            "target_builder": type(trainer.target_builder).__name__,
-                            "last_mix_box": list(trainer.mix_box) if mixed else None,
-                            "grad_scaler": scaler is not None}
+    return seconds, {"loss": loss, "hooks": [type(h).__name__ for h in trainer.hooks.values()],
+                     "target_builder": type(trainer.target_builder).__name__,
+                     "last_mix_box": list(trainer.mix_box) if mixed else None,
+                     "grad_scaler": scaler is not None}
 
 
 class _AmpProbe:
