@@ -61,14 +61,16 @@ class ImageNetTokenLabel:
     ``__getitem__`` returns ``(image float32 [3, S, S], packed label float32 [3, k, H, W])``
     with labels (see ``token_label.pack_label_sample``), else ``(image, int64 class)``.
     Images the transforms leave as uint8 are returned as float32 in [0, 1].
-    Augmentation draws from a ``random.Random`` seeded by (seed, epoch, index).
+    Augmentation draws from a ``random.Random`` seeded by (seed, epoch, index, copy), so samples do
+    not depend on worker count or access order. The item is an index (copy 0) or, from a sampler doing
+    repeated augmentation, an ``(index, copy)`` pair: each copy of an image gets its own augmentation.
 
     Bad inputs: ``missing_label`` (labels absent when the dataset is built) and ``bad_label``
     (unreadable or truncated files, wrong shape or dtype, non-finite logits, class ids that are NaN,
     fractional or outside ``[0, num_classes)``) are ``error`` (raise naming the file) or
     ``ground_truth`` (use :func:`fallback_label_map`). ``bad_image`` (an image that cannot be
     decoded) is ``error`` or ``skip``: the sample is the next decodable image (wrapping) with its
-    own label, augmented with the requested index's stream, so every worker count and a resumed
+    own label, augmented with the requested item's stream, so every worker count and a resumed
     run give the same samples. Replacements are warned about once per file and, after
     :meth:`set_report_dir`, listed in that directory (see ``faults.read_fault_report``).
     """
@@ -118,10 +120,12 @@ class ImageNetTokenLabel:
         """List replaced images and labels in ``report_dir`` (call before creating the loader's iterator)."""
         self.faults.set_report_dir(report_dir)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        index, copy = item if isinstance(item, tuple) else (item, 0)
         source, img = self._decodable_image(index)
         target = self.samples[source][1]
-        rng = random.Random(f"{self.seed}/{self.epoch}/{index}")
+        # copy 0 leaves the copy out of the key: runs without repeated augmentation keep their samples
+        rng = random.Random(f"{self.seed}/{self.epoch}/{index}" + (f"/{copy}" if copy else ""))
         sample = {"img": img}
         if self.label_root is not None:
             sample["label"] = self._load_label(source)

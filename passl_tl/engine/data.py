@@ -29,7 +29,9 @@ class ShardedBatchSampler(paddle.io.BatchSampler):
     ``repeats > 1`` is DeiT's repeated augmentation (its ``RASampler``): each index of the
     permutation is repeated that many times before sharding, so the augmented copies of an
     image land on different processes, and every process keeps ``num_samples // world``
-    indices per epoch. As officially, it applies only with several processes.
+    indices per epoch. As officially, it applies only with several processes. Batches then hold
+    ``(index, copy)`` pairs (``copy`` in ``[0, repeats)``) instead of indices, so that the dataset
+    augments each copy with its own stream, as the official copies are augmented independently.
     """
 
     def __init__(self, num_samples: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0,
@@ -53,24 +55,32 @@ class ShardedBatchSampler(paddle.io.BatchSampler):
     def set_start_iter(self, start_iter: int) -> None:
         self.start_iter = start_iter
 
+    @property
+    def repeated(self) -> bool:
+        """Whether repeated augmentation acts (it needs several processes)."""
+        return self.repeats > 1 and self.num_replicas > 1
+
     def _shard(self) -> np.ndarray:
+        """This process's ``[n, 2]`` rows of (index, copy); the copy is 0 without repeated augmentation."""
         indices = np.arange(self.num_samples)
         if self.shuffle:
             indices = np.random.RandomState(self.seed + self.epoch).permutation(self.num_samples)
-        repeated = self.repeats > 1 and self.num_replicas > 1
-        if repeated:
-            indices = np.repeat(indices, self.repeats)
+        copies = np.zeros_like(indices)
+        if self.repeated:
+            indices, copies = np.repeat(indices, self.repeats), np.tile(np.arange(self.repeats), len(indices))
+        items = np.stack([indices, copies], axis=1)
         if self.pad:
-            total = math.ceil(len(indices) / self.num_replicas) * self.num_replicas
-            indices = np.concatenate([indices, indices[: total - len(indices)]])
-        shard = indices[self.rank::self.num_replicas]
-        return shard[: self.num_samples // self.num_replicas] if repeated else shard
+            total = math.ceil(len(items) / self.num_replicas) * self.num_replicas
+            items = np.concatenate([items, items[: total - len(items)]])
+        shard = items[self.rank::self.num_replicas]
+        return shard[: self.num_samples // self.num_replicas] if self.repeated else shard
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[int] | list[tuple[int, int]]]:
         shard = self._shard()
         start, self.start_iter = self.start_iter, 0
         for b in range(start, len(self)):
-            yield shard[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+            batch = shard[b * self.batch_size:(b + 1) * self.batch_size]
+            yield [(index, copy) for index, copy in batch.tolist()] if self.repeated else batch[:, 0].tolist()
 
     def __len__(self) -> int:
         n = len(self._shard())
@@ -87,7 +97,7 @@ def build_loader(dataset: paddle.io.Dataset, batch_size: int, num_workers: int, 
                  repeats: int = 1) -> paddle.io.DataLoader:
     sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle=train, drop_last=train, seed=seed, pad=train,
                                   repeats=repeats)
-    if repeats > 1 and world_size() == 1:
+    if repeats > 1 and not sampler.repeated:
         get_logger().info(f"repeated augmentation x{repeats} acts with several processes: this single "
                           f"process samples each image once per epoch")
     if train and len(sampler) == 0:
