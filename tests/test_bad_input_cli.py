@@ -25,7 +25,7 @@ def no_heavy_work(monkeypatch):
 @pytest.fixture
 def no_training(monkeypatch):
     """Fails the test if a training step runs."""
-    def reached(self):
+    def reached(self, batch):
         raise AssertionError("a training step ran before the error")
     monkeypatch.setattr(train.Trainer, "train_step", reached)
 
@@ -43,10 +43,28 @@ def run(tmp_path, *extra, overrides=()):
     ("data.nope.x=1", r"'data\.nope'"),
     ("data.batch_size=sixteen", r"data\.batch_size.*int"),
     ("epochs=2.5", r"epochs.*int"),
+    # the training step is the trainer's: there is no hook to remove, and nothing else can take it away
+    ("hooks.optimizer=null", r"key 'optimizer' does not exist.*accepted keys: lr_scheduler, logger, evaluate"),
+    ("optim_wrapper=null", r"optim_wrapper of .*lvvit_demo\.yaml must be a mapping .*got None"),
+    ("batch.shuffle={name: Mixup}", r"unknown batch stage 'shuffle' .*in the order they run: target, mixup, teacher, "
+                                    r"mixtoken"),
 ])
 def test_bad_override_names_the_key(tmp_path, no_heavy_work, override, message):
     with pytest.raises(ConfigError, match=message):
         run(tmp_path, overrides=[override])
+
+
+@pytest.mark.parametrize("hook, moved_to", [
+    ("{name: OptimizerHook, accumulate_steps: 2}", r"optim_wrapper \(accumulate_steps"),
+    ("{name: MixTokenHook}", r"batch\.mixtoken"), ("{name: MixupHook}", r"batch\.mixup"),
+    ("{name: DistillationHook, teacher: {}, weights: w}", r"batch\.teacher"),
+])
+def test_a_step_or_batch_hook_in_a_config_says_where_it_went(tmp_path, no_heavy_work, hook, moved_to):
+    config = tmp_path / "old.yaml"
+    config.write_text(f"_base_: {DEMO_CONFIG}\nhooks:\n  old: {hook}\n")
+    with pytest.raises(ConfigError, match=rf"hooks\.old .* in .*old\.yaml: the training step and the batch are the "
+                                          rf"trainer's, not hooks; configure {moved_to}"):
+        train.main(["-c", str(config)])
 
 
 def test_unknown_key_in_a_config_file_names_file_and_key(tmp_path, no_heavy_work):
@@ -76,9 +94,9 @@ def test_missing_data_root_is_named(tmp_path, no_training):
 
 def test_num_classes_mismatch_between_model_and_data(tmp_path, no_training):
     with pytest.raises(ConfigError, match=r"has 10 classes but the model has num_classes=12"):
-        run(tmp_path, overrides=["model.num_classes=12", "data.target.num_classes=12"])
-    with pytest.raises(ConfigError, match=r"data\.target\.num_classes=12 but the model has num_classes=10"):
-        run(tmp_path, overrides=["data.target.num_classes=12"])
+        run(tmp_path, overrides=["model.num_classes=12"])
+    with pytest.raises(ConfigError, match=r"unknown key 'num_classes' in batch.target.*accepted keys: smoothing"):
+        run(tmp_path, overrides=["batch.target.num_classes=12"])  # the target stage takes the model's
 
 
 def test_weights_of_another_architecture(tmp_path, no_training):
@@ -98,10 +116,10 @@ def test_cli_reports_one_line_and_exit_code_2(tmp_path):
 
 def test_label_size_above_the_label_maps(tmp_path, no_training):
     """The demo's label maps are 18 x 18; a 20 x 20 token grid would sample them finer than they were made."""
-    finer = ["model.img_size=160", "data.target.label_size=20"]
-    with pytest.raises(ConfigError, match=r"label_size=20 exceeds the 18x18 label maps of data\.train .*"
+    finer = ["model.img_size=160"]  # 20 x 20 tokens of 8 px
+    with pytest.raises(ConfigError, match=r"20x20 token grid .* finer than the 18x18 label maps of data\.train .*"
                                           r"upsample_labels: true"):
         run(tmp_path, overrides=finer)
-    allowed = [*finer, "data.target.upsample_labels=true", "data.train.transforms.1.size=160"]
+    allowed = [*finer, "batch.target.upsample_labels=true"]
     with pytest.raises(AssertionError, match="a training step ran"):  # with the option, training starts
         run(tmp_path, overrides=allowed)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
-from passl_tl.tools_support import benchmark_data
+from passl_tl.benchmarks import data as benchmark_data
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 import benchmark  # noqa: E402  (tools/benchmark.py)
@@ -109,10 +109,10 @@ def test_a_subcommand_is_required(capsys):
 
 
 # ----------------------------------------------------------------------------- model part
-from passl_tl.tools_support import benchmark_model  # noqa: E402
+from passl_tl.benchmarks import model as benchmark_model  # noqa: E402
 
 PHASE_KEYS = {"images_per_s", "seconds", "warmup_seconds", "peak_rss_mb", "threads", "amp", "parameters"}
-TRAIN_KEYS = PHASE_KEYS | {"loss", "hooks", "target_builder", "last_mix_box", "grad_scaler"}
+TRAIN_KEYS = PHASE_KEYS | {"loss", "hooks", "batch_stages", "last_mix_box", "grad_scaler"}
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +142,9 @@ def test_model_json_has_every_measurement(quick_model):
         assert r["threads"]["in_effect"] == 1  # the OpenMP runtime Paddle loaded reports the requested count
         assert r["amp"] == {"requested": "float32", "linear_output_dtypes": ["float32"], "applied": True}
     train = results["train"]
-    assert train["hooks"] == ["LRSchedulerHook", "MixTokenHook", "OptimizerHook"]
-    assert train["target_builder"] == "TokenLabelTargets" and np.isfinite(train["loss"])
+    assert train["hooks"] == ["LRSchedulerHook"]
+    assert train["batch_stages"] == {"target": "TokenLabelTargets", "mixtoken": "MixToken"}
+    assert np.isfinite(train["loss"])
     assert [c["check"] for c in results["checks"]] == ["train_images_per_s", "eval_images_per_s", "peak_rss_mb"]
     for check in results["checks"]:
         assert set(check) == {"check", "value", "target", "met", "comparable"} and check["comparable"] is False
@@ -158,11 +159,11 @@ def test_model_report_tables(quick_model):
 
 
 def test_model_train_step_is_the_trainers(monkeypatch):
-    """The timed step runs Trainer.train_step and the optimizer hook once per iteration (no shortcut)."""
-    from passl_tl.engine.hooks.optimizer import OptimizerHook
+    """The timed step runs Trainer.train_step and the optimizer update once per iteration (no shortcut)."""
+    from passl_tl.engine.optim_wrapper import OptimWrapper
     from passl_tl.engine.trainer import Trainer
-    calls = {"train_step": 0, "after_train_iter": 0}
-    for cls, name in ((Trainer, "train_step"), (OptimizerHook, "after_train_iter")):
+    calls = {"train_step": 0, "update": 0}
+    for cls, name in ((Trainer, "train_step"), (OptimWrapper, "update")):
         real = getattr(cls, name)
 
         def counted(*args, _real=real, _name=name):
@@ -172,7 +173,7 @@ def test_model_train_step_is_the_trainers(monkeypatch):
     settings = benchmark_model.ModelSettings(batch_size=2, img_size=32, warmup=1, repeats=2, num_classes=10,
                                              classes_per_image=6, subprocess=False, threads=1)
     result = benchmark_model.run_phase(settings, "train")
-    assert calls == {"train_step": 3, "after_train_iter": 3}
+    assert calls == {"train_step": 3, "update": 3}
     assert len(result["warmup_seconds"]) == 1 and np.isfinite(result["loss"])
 
 

@@ -35,11 +35,11 @@ def die():
 
 if mode == "step":  # killed before the count-th training step
     step = Trainer.train_step
-    def train_step(self):
+    def train_step(self, batch):
         calls.append(1)
         if len(calls) == count:
             die()
-        step(self)
+        return step(self, batch)
     Trainer.train_step = train_step
 elif mode == "checkpoint":  # killed half-way through writing the count-th checkpoint
     save = paddle.save

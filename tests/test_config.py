@@ -50,9 +50,9 @@ def test_override_type_and_existence_checked(tmp_path):
 
 
 def test_hooks_accept_new_components_and_null_disables(tmp_path):
-    path = write(tmp_path, "h.yaml", "hooks:\n  mixtoken: {name: MixTokenHook}\n  evaluate: null\n")
+    path = write(tmp_path, "h.yaml", "hooks:\n  ema: {name: EMAHook}\n  evaluate: null\n")
     cfg = load_config(path, [], DEFAULTS)
-    assert cfg["hooks"]["mixtoken"] == {"name": "MixTokenHook"} and cfg["hooks"]["evaluate"] is None
+    assert cfg["hooks"]["ema"] == {"name": "EMAHook"} and cfg["hooks"]["evaluate"] is None
 
 
 def test_component_of_another_name_replaces_instead_of_merging(tmp_path):

@@ -6,11 +6,10 @@ import pytest
 from conftest import REPO_ROOT
 
 import passl_tl.datasets  # noqa: F401  (registers datasets and transforms)
-import passl_tl.engine  # noqa: F401  (registers hooks, optimizers, schedulers)
+import passl_tl.engine  # noqa: F401  (registers hooks, batch stages, optimizers, schedulers)
 import passl_tl.models  # noqa: F401
-from passl_tl.engine import DEFAULTS
-from passl_tl.utils.config import load_config
-from passl_tl.utils.registry import DATASETS, HOOKS, LR_SCHEDULERS, MODELS, OPTIMIZERS, TRANSFORMS
+from passl_tl.engine.run_config import load_run_config
+from passl_tl.utils.registry import BATCH_TRANSFORMS, DATASETS, HOOKS, LR_SCHEDULERS, MODELS, OPTIMIZERS, TRANSFORMS
 
 RA2, RA3 = "rand-m9-mstd0.5-inc1", "rand-n3-m9-mstd0.5-inc1"
 # config: (preset, img size, drop path, lr, min lr, weight decay, batch per GPU, RandAugment, eval crop_pct)
@@ -27,14 +26,14 @@ OFFICIAL = {
 
 
 def load(name):
-    return load_config(os.path.join(REPO_ROOT, "configs", "lvvit", f"{name}.yaml"), [], DEFAULTS)
+    return load_run_config(os.path.join(REPO_ROOT, "configs", "lvvit", f"{name}.yaml"))
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL))
 def test_config_states_the_official_recipe(name):
     preset, size, drop_path, lr, min_lr, wd, batch, rand_aug, crop_pct = OFFICIAL[name]
     cfg = load(name)
-    model, data, sched, hooks = cfg["model"], cfg["data"], cfg["lr_scheduler"], cfg["hooks"]
+    model, data, sched, hooks, stages = cfg["model"], cfg["data"], cfg["lr_scheduler"], cfg["hooks"], cfg["batch"]
     assert (model["name"], model["img_size"], model["drop_path_rate"], model["num_classes"]) == \
         (preset, size, drop_path, 1000)
     assert (model["dense_weight"], model["cls_weight"], model["ground_truth"]) == (1.0, 1.0, False)
@@ -57,14 +56,37 @@ def test_config_states_the_official_recipe(name):
     resize, _ = data["val"]["transforms"]
     assert resize == {"name": "ResizeCropPct", "size": size, "crop_pct": crop_pct, "interpolation": "bicubic"}
 
-    target = data["target"]
-    assert (target["name"], target["label_size"], target["smoothing"]) == ("TokenLabelTargets", size // 16, 0.1)
-    assert (hooks["mixtoken"]["name"], hooks["mixtoken"]["alpha"]) == ("MixTokenHook", 1.0)
+    target = stages["target"]  # its token grid is the model's: size // 16 a side
+    assert (target["name"], target["smoothing"], target.get("upsample_labels", False)) == \
+        ("TokenLabelTargets", 0.1, size // 16 > 18)  # finer than the 18 x 18 NFNet maps: sampled finer
+    assert (stages["mixtoken"]["name"], stages["mixtoken"]["alpha"]) == ("MixToken", 1.0)
     if size == 224:
         assert (hooks["ema"]["name"], hooks["ema"]["decay"]) == ("EMAHook", 0.99992)
     else:  # the official fine-tuning command has no --model-ema
         assert hooks["ema"] is None
-    assert "mixup" not in hooks  # the official LV-ViT recipe uses no Mixup/CutMix
+    assert stages["mixup"] is None and stages["teacher"] is None  # the official LV-ViT recipe: no Mixup/CutMix
+
+
+FINETUNE = sorted(name for name, recipe in OFFICIAL.items() if recipe[1] > 224)
+# -o overrides the README gives for a short fine-tuning (VOLO's 30 + 10, DeiT's 30) -> epochs run
+SHORT_FINETUNE = {"-o epochs=30": 40, "-o epochs=30 lr_scheduler.cooldown_epochs=0": 30}
+
+
+@pytest.mark.parametrize("name", FINETUNE)
+def test_finetune_configs_keep_the_literal_length_and_the_readme_shortens_it(name):
+    """The official fine-tuning command passes no --epochs, so the configs keep its 300 + 10 epochs;
+    the README's overrides give the stated shorter runs, at the same lr (5e-6 after the warmup)."""
+    path = os.path.join(REPO_ROOT, "configs", "lvvit", f"{name}.yaml")
+    readmes = [open(os.path.join(REPO_ROOT, f), encoding="utf-8").read() for f in ("README.md", "README_cn.md")]
+    assert "-o epochs=30" in open(path).read()
+    for override, total in {"-o": 310, **SHORT_FINETUNE}.items():
+        assert override == "-o" or all(override in readme for readme in readmes)
+        cfg = load_run_config(path, override.split()[1:])
+        sched = LR_SCHEDULERS.build(cfg["lr_scheduler"], "test", base_lr=cfg["optimizer"]["lr"], epochs=cfg["epochs"])
+        assert sched.total_epochs == total
+        lrs = [sched.lr_at(epoch) for epoch in range(total)]
+        assert lrs[:5] == pytest.approx([1e-6, 1.8e-6, 2.6e-6, 3.4e-6, 4.2e-6])
+        assert lrs[5:] == pytest.approx([5e-6] * (total - 5))
 
 
 def test_small_config_builds_its_model_and_transforms():
@@ -80,13 +102,13 @@ def test_loss_switches_reach_the_head():
     """The ground-truth correction and the loss weights are config switches of the model."""
     from passl_tl import build_model
     path = os.path.join(REPO_ROOT, "configs", "lvvit", "lvvit_demo.yaml")
-    cfg = load_config(path, ["model.ground_truth=true", "model.dense_weight=0.5", "model.cls_weight=2.0"], DEFAULTS)
+    cfg = load_run_config(path, ["model.ground_truth=true", "model.dense_weight=0.5", "model.cls_weight=2.0"])
     head = build_model(cfg).head
     assert (head.ground_truth, head.dense_weight, head.cls_weight) == (True, 0.5, 2.0)
 
 
 def load_family(family, name):
-    return load_config(os.path.join(REPO_ROOT, "configs", family, f"{name}.yaml"), [], DEFAULTS)
+    return load_run_config(os.path.join(REPO_ROOT, "configs", family, f"{name}.yaml"))
 
 
 TIMM_ORDER = ["RandomResizedCropWithCoords", "RandomHorizontalFlipWithLabel", "RandAugmentWithLabel", "Normalize",
@@ -109,7 +131,7 @@ OFFICIAL_PLAIN = {
 def test_deit_and_t2t_configs_state_their_official_recipes(family, name):
     preset, lr, wd, batch, warmup, cooldown, interpolation, crop_pct = OFFICIAL_PLAIN[(family, name)]
     cfg = load_family(family, name)
-    model, data, sched, hooks = cfg["model"], cfg["data"], cfg["lr_scheduler"], cfg["hooks"]
+    model, data, sched, hooks, stages = cfg["model"], cfg["data"], cfg["lr_scheduler"], cfg["hooks"], cfg["batch"]
     assert (model["name"], model["num_classes"], model["drop_path_rate"]) == (preset, 1000, 0.1)
     assert (cfg["optimizer"]["lr"], cfg["optimizer"]["weight_decay"], data["batch_size"]) == (lr, wd, batch)
     assert (cfg["epochs"], sched["warmup_epochs"], sched["cooldown_epochs"]) == (300, warmup, cooldown)
@@ -119,16 +141,17 @@ def test_deit_and_t2t_configs_state_their_official_recipes(family, name):
     assert [t["name"] for t in transforms] == TIMM_ORDER and "label_root" not in data["train"]
     assert transforms[0]["interpolation"] == interpolation and transforms[2]["config_str"] == "rand-m9-mstd0.5-inc1"
     assert transforms[4] == {"name": "RandomErasing", "prob": 0.25, "mode": "pixel", "max_count": 1}
+    assert [transforms[0]["size"], transforms[2]["img_size"], data["val"]["transforms"][0]["size"]] == [224] * 3
     assert data["val"]["transforms"][0]["crop_pct"] == crop_pct
-    assert data["target"] == {"name": "SoftTargets", "num_classes": 1000, "smoothing": 0.1}
-    mixup = hooks["mixup"]
+    assert stages["target"] == {"name": "SoftTargets", "smoothing": 0.1}
+    mixup = stages["mixup"]
     assert (mixup["mixup_alpha"], mixup["cutmix_alpha"], mixup["prob"], mixup["switch_prob"]) == (0.8, 1.0, 1.0, 0.5)
-    assert hooks["ema"]["decay"] == 0.99996 and "mixtoken" not in hooks
+    assert hooks["ema"]["decay"] == 0.99996 and stages["mixtoken"] is None
     # DeiT reports (and keeps as best) its raw model, T2T-ViT its EMA
     assert hooks["evaluate"].get("track", "ema") == ("model" if family == "deit" else "ema")
     if "distilled" in name:
         assert (model["distillation_type"], model["alpha"], model["tau"]) == ("hard", 0.5, 1.0)
-        assert hooks["distillation"]["teacher"] == {"name": "regnety_160", "num_classes": 1000}
+        assert stages["teacher"]["teacher"] == {"name": "regnety_160", "num_classes": 1000}
 
 
 @pytest.mark.parametrize("family, name", [("deit", "deit_small_token_label"), ("t2t_vit", "t2t_vit_14_token_label")])
@@ -140,7 +163,7 @@ def test_token_labeling_on_other_families(family, name):
     from passl_tl import build_model
     cfg = load_family(family, name)
     assert cfg["data"]["train"]["label_root"] == "data/label_top5_train_nfnet"
-    assert cfg["data"]["target"]["label_size"] == 14 and cfg["hooks"]["mixtoken"]["alpha"] == 1.0
+    assert cfg["batch"]["target"]["name"] == "TokenLabelTargets" and cfg["batch"]["mixtoken"]["alpha"] == 1.0
     with paddle.LazyGuard():
         model = build_model(cfg)
     assert type(model.head).__name__ == "TokenLabelHead" and tuple(model.grid_size) == (14, 14)
@@ -151,13 +174,14 @@ def test_token_labeling_on_other_families(family, name):
     for d, _, files in os.walk(os.path.join(REPO_ROOT, "configs")) if "_base_" not in d
     for f in files if f.endswith(".yaml")))
 def test_every_config_names_registered_components(path):
-    cfg = load_config(os.path.join(REPO_ROOT, "configs", path), [], DEFAULTS)
+    cfg = load_run_config(os.path.join(REPO_ROOT, "configs", path))
     model = cfg["model"]
     assert model["name"] in MODELS and cfg["optimizer"]["name"] in OPTIMIZERS
-    assert cfg["lr_scheduler"]["name"] in LR_SCHEDULERS and cfg["data"]["target"]["name"] in TRANSFORMS
+    assert cfg["lr_scheduler"]["name"] in LR_SCHEDULERS
+    assert all(stage["name"] in BATCH_TRANSFORMS for stage in cfg["batch"].values() if stage)
     for split in ("train", "val"):
         assert cfg["data"][split]["name"] in DATASETS
         assert all(t["name"] in TRANSFORMS for t in cfg["data"][split]["transforms"])
     assert all(h["name"] in HOOKS for h in cfg["hooks"].values() if h)
-    if "distillation" in cfg["hooks"]:
-        assert cfg["hooks"]["distillation"]["teacher"]["name"] in MODELS
+    if cfg["batch"]["teacher"]:
+        assert cfg["batch"]["teacher"]["teacher"]["name"] in MODELS

@@ -13,9 +13,9 @@ from test_dataset import AUGMENT, WNIDS, write_split
 from passl_tl.datasets.faults import REPORT_FILES, FaultLog, read_fault_report
 from passl_tl.datasets.image_folder import BadImageError, read_rgb
 from passl_tl.datasets.imagenet_token_label import ImageNetTokenLabel, fallback_label_map
-from passl_tl.datasets.label_files import BadLabelError, check_label_map
-from passl_tl.datasets.label_pack import plan_pack, write_pack
 from passl_tl.engine.data import build_loader
+from passl_tl.token_labels.files import BadLabelError, check_label_map
+from passl_tl.token_labels.pack import plan_pack, write_pack
 
 RS = np.random.RandomState(0)
 RGB = RS.randint(0, 256, (20, 30, 3), np.uint8)

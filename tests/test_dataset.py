@@ -8,7 +8,7 @@ import paddle
 import pytest
 
 from passl_tl.datasets.imagenet_token_label import ImageNetTokenLabel
-from passl_tl.datasets.token_label import TokenLabelTargets, make_token_targets
+from passl_tl.token_labels.targets import make_token_targets
 from passl_tl.utils.registry import DATASETS, ConfigError
 
 WNIDS = ("n02000000", "n01000000", "n03000000")  # sorted: n01.., n02.., n03..
@@ -170,7 +170,7 @@ def test_loader_batches_feed_the_target_builder(split):
     ds = ImageNetTokenLabel(root, label_root, transforms=AUGMENT)
     images, labels = next(iter(paddle.io.DataLoader(ds, batch_size=4, shuffle=False)))
     assert images.shape == [4, 3, 16, 16] and labels.shape == [4, 3, 3, 9, 9]
-    targets = TokenLabelTargets(num_classes=3, label_size=4)(labels)
+    targets = make_token_targets(labels, num_classes=3, label_size=4)
     assert targets.shape == [4, 3, 18]
     np.testing.assert_array_equal(targets.numpy()[:, :, 0].argmax(1), [0, 0, 0, 1])
 

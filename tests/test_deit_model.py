@@ -11,10 +11,11 @@ import paddle
 import pytest
 from conftest import close, fixture_path, load_npz
 
-from passl_tl.engine.hooks.mixup import paste_box
+from passl_tl.batch.mixup import paste_box
+from passl_tl.batch.pipeline import Batch
 from passl_tl.models import create_model, load_weights
-from passl_tl.models.layers import flip_box
 from passl_tl.models.weights import official_key_map
+from passl_tl.token_labels.mixtoken import flip_box
 from passl_tl.utils.registry import ConfigError
 
 # Fixture case -> the preset it was built from (with depth 2 and 10 classes, as the README says).
@@ -51,10 +52,9 @@ def train_run(case, ref):
     handle = model.backbone.register_forward_post_hook(lambda layer, inputs, out: seen.update(tokens=out.numpy()))
     outputs = model(paddle.to_tensor(ref["x"]))
     handle.remove()
-    soft = paddle.to_tensor(ref["loss/soft_target"])
-    target = {"soft": soft, "teacher": paddle.to_tensor(ref["loss/teacher_logits"])} \
-        if isinstance(outputs, dict) else soft
-    loss = model.loss(outputs, target)
+    teacher = paddle.to_tensor(ref["loss/teacher_logits"]) if isinstance(outputs, dict) else None
+    loss = model.loss(outputs, Batch(paddle.to_tensor(ref["x"]), paddle.to_tensor(ref["loss/soft_target"]),
+                                     teacher_logits=teacher))
     loss.backward()
     return dict(model=model, outputs=outputs, tokens=seen["tokens"], loss=float(loss),
                 grads={n: p.grad.numpy() for n, p in model.named_parameters() if p.grad is not None})
@@ -160,7 +160,7 @@ def test_token_labeling_with_mixtoken_on_deit(preset, prefix):
     aux = swapped["aux"].reshape([2, 14, 14, 10])
     close(mixed["aux"].numpy(), flip_box(aux, box, row_axis=1).reshape([2, 196, 10]).numpy())
     assert not np.allclose(mixed["aux"].numpy(), swapped["aux"].numpy(), atol=1e-3)
-    loss = model.loss(mixed, paddle.nn.functional.softmax(paddle.randn([2, 10])), box)
+    loss = model.loss(mixed, Batch(images, paddle.nn.functional.softmax(paddle.randn([2, 10]))))
     loss.backward()
     assert model.backbone.cls_token.grad is not None
     model.eval()

@@ -1,5 +1,5 @@
 """DeiT's distillation loss (DistillationHead) against the official values and gradients, and the
-DistillationHook with real teachers (official DeiT and RegNetY checkpoints, an LV-ViT saved as
+Teacher batch stage with real teachers (official DeiT and RegNetY checkpoints, an LV-ViT saved as
 .pdparams).
 
 Tolerances from the fixture README: losses atol 1e-5, logits atol 1e-5, gradients rtol 1e-4
@@ -7,8 +7,6 @@ relative to each gradient's scale.
 """
 import os
 import sys
-from types import SimpleNamespace
-
 import numpy as np
 import paddle
 import pytest
@@ -16,10 +14,12 @@ import yaml
 from conftest import REPO_ROOT, fixture_path, load_npz
 
 from passl_tl.datasets.demo import make_demo_dataset
-from passl_tl.engine.hooks import DistillationHook, MixupHook
+from passl_tl.batch.mixup import Mixup
+from passl_tl.batch.pipeline import Batch, BatchPipeline, Step
+from passl_tl.batch.teacher import Teacher
 from passl_tl.models import create_model
 from passl_tl.models.heads import DistillationHead
-from passl_tl.utils.registry import HOOKS, ConfigError
+from passl_tl.utils.registry import BATCH_TRANSFORMS, ConfigError
 
 LOSSES = {"none": dict(distillation_type="none"), "hard": dict(distillation_type="hard"),
           "soft_tau1": dict(distillation_type="soft", tau=1.0), "soft_tau3": dict(distillation_type="soft", tau=3.0)}
@@ -36,7 +36,11 @@ def logits(ref):
 
 
 def target(ref):
-    return {"soft": paddle.to_tensor(ref["loss/soft_target"]), "teacher": paddle.to_tensor(ref["loss/teacher_logits"])}
+    return paddle.to_tensor(ref["loss/soft_target"])
+
+
+def teacher_logits(ref):
+    return paddle.to_tensor(ref["loss/teacher_logits"])
 
 
 def scaled_close(actual, expected, rtol=1e-4):
@@ -47,7 +51,7 @@ def scaled_close(actual, expected, rtol=1e-4):
 def test_loss_value_and_logit_gradients(ref, variant):
     head = DistillationHead(8, 10, alpha=0.5, **LOSSES[variant])
     outputs = logits(ref)
-    loss = head.loss(outputs, target(ref))
+    loss = head.loss(outputs, target(ref), teacher_logits(ref))
     np.testing.assert_allclose(float(loss), float(ref[f"loss/{variant}"]), rtol=0, atol=1e-5)
     loss.backward()
     scaled_close(outputs["cls"].grad.numpy(), ref[f"loss/{variant}/grad_x_cls"])
@@ -67,7 +71,8 @@ def test_soft_distillation_term_is_not_lost(ref, variant):
     assert term > 0.05
     head = DistillationHead(8, 10, **LOSSES[variant])
     base = DistillationHead(8, 10, distillation_type="none").loss(logits(ref), target(ref))
-    np.testing.assert_allclose((float(head.loss(logits(ref), target(ref))) - 0.5 * float(base)) / 0.5, term,
+    loss = head.loss(logits(ref), target(ref), teacher_logits(ref))
+    np.testing.assert_allclose((float(loss) - 0.5 * float(base)) / 0.5, term,
                                rtol=0, atol=2e-5)
 
 
@@ -84,13 +89,13 @@ def test_distillation_type_none_is_the_plain_deit_loss():
 def test_target_forms_and_errors(ref):
     soft = paddle.to_tensor(ref["loss/soft_target"])
     none = DistillationHead(8, 10, distillation_type="none")
-    assert float(none.loss(logits(ref), soft)) == float(none.loss(logits(ref), target(ref)))
-    with pytest.raises(ConfigError, match="DistillationHook"):
+    assert float(none.loss(logits(ref), soft)) == float(none.loss(logits(ref), soft, teacher_logits(ref)))
+    with pytest.raises(ConfigError, match="batch.teacher"):
         DistillationHead(8, 10, distillation_type="hard").loss(logits(ref), soft)
     with pytest.raises(ConfigError, match="TokenLabelHead"):
-        none.loss(logits(ref), soft, (0, 0, 2, 2))
+        none(paddle.zeros([2, 6, 8]), (2, 2), (0, 0, 2, 2))
     with pytest.raises(ValueError, match="teacher logits"):
-        DistillationHead(8, 10).loss(logits(ref), {"soft": soft, "teacher": paddle.zeros([2, 7])})
+        DistillationHead(8, 10).loss(logits(ref), soft, paddle.zeros([2, 7]))
     with pytest.raises(ValueError, match="soft targets"):
         none.loss(logits(ref), paddle.zeros([2]))
     with pytest.raises(ConfigError, match="distillation_type"):
@@ -110,30 +115,23 @@ def test_head_outputs_train_and_eval():
     np.testing.assert_allclose(head(tokens, (2, 2)).numpy(), (train["cls"] + train["dist"]).numpy() / 2, atol=1e-7)
 
 
-# ----------------------------------------------------------------------------- DistillationHook
-
-def fake_trainer(student, images, targets, step=0):
-    """The trainer state the hooks read and write."""
-    return SimpleNamespace(model_without_ddp=student, images=images, targets=targets, amp_context=None,
-                           seed=0, rank=0, global_step=step, iter=step)
-
+# ----------------------------------------------------------------------------- Teacher stage
 
 @pytest.mark.parametrize("case, teacher_cfg", [
     ("deit_tiny_d2", {"name": "deit_tiny_patch16_224", "depth": 2, "num_classes": 10}),
     ("regnety_002_c10", {"name": "regnety_002", "num_classes": 10}),  # DeiT's teacher family
 ])
-def test_hook_with_an_official_checkpoint_as_teacher(case, teacher_cfg):
-    """Teacher = a fixture model loaded from its official .pth: the logits put in the target are
-    that model's recorded eval output."""
+def test_teacher_stage_with_an_official_checkpoint(case, teacher_cfg):
+    """Teacher = a fixture model loaded from its official .pth: the logits put in the batch are that
+    model's recorded eval output; images and targets pass through."""
     ref = load_npz(f"{case}.npz")
     student = create_model("deit_tiny_distilled_patch16_224", depth=1, num_classes=10)
-    hook = HOOKS.build({"name": "DistillationHook", "teacher": teacher_cfg, "weights": fixture_path(f"{case}.pth")})
-    soft = paddle.full([2, 10], 0.1)
-    trainer = fake_trainer(student, paddle.to_tensor(ref["x"]), soft)
-    hook.before_run(trainer)
-    hook.before_train_iter(trainer)
-    assert set(trainer.targets) == {"soft", "teacher"} and trainer.targets["soft"] is soft
-    np.testing.assert_allclose(trainer.targets["teacher"].numpy(), ref["eval/out"], rtol=0, atol=1e-5)
+    stage = BATCH_TRANSFORMS.build({"name": "Teacher", "teacher": teacher_cfg, "weights": fixture_path(f"{case}.pth")})
+    stage.bind(student, None)
+    batch = Batch(paddle.to_tensor(ref["x"]), paddle.full([2, 10], 0.1))
+    out = stage(batch, Step(0, 0, 0))
+    assert out.images is batch.images and out.targets is batch.targets
+    np.testing.assert_allclose(out.teacher_logits.numpy(), ref["eval/out"], rtol=0, atol=1e-5)
 
 
 def saved_lvvit_teacher(path, num_classes):
@@ -160,33 +158,29 @@ def small_student(num_classes=5):
                         num_classes=num_classes)
 
 
-def test_hook_training_step_keeps_the_teacher_frozen(lvvit_teacher):
-    """Mixup (8) then distillation (9), a student step: the teacher saw the mixed images, its
-    weights got no gradient and did not move; the student learned from its logits."""
+def test_training_step_keeps_the_teacher_frozen(lvvit_teacher):
+    """Mixup, then the teacher (the pipeline's order, whatever the config's), a student step: the teacher
+    saw the mixed images, its weights got no gradient and did not move; the student learned from its logits."""
     teacher, path, teacher_cfg = lvvit_teacher
     student = small_student()
-    hooks = sorted([DistillationHook(teacher_cfg, path), MixupHook(mixup_alpha=0.8, cutmix_alpha=0.0)],
-                   key=lambda h: h.priority)
-    assert [type(h) for h in hooks] == [MixupHook, DistillationHook]
+    pipeline = BatchPipeline({"teacher": Teacher(teacher_cfg, path), "mixup": Mixup(mixup_alpha=0.8, cutmix_alpha=0.0),
+                              "target": BATCH_TRANSFORMS.build({"name": "SoftTargets", "smoothing": 0.1})})
+    assert list(pipeline.stages) == ["target", "mixup", "teacher"]
+    pipeline.bind(student)
     images = paddle.randn([4, 3, 32, 32])
-    soft = paddle.nn.functional.one_hot(paddle.to_tensor([0, 1, 2, 3]), 5) * 0.9 + 0.02
-    trainer = fake_trainer(student, images, soft, step=3)
-    for hook in hooks:
-        hook.before_run(trainer)
-    for hook in hooks:
-        hook.before_train_iter(trainer)
-    frozen = hooks[1].teacher
+    batch = pipeline(images, paddle.to_tensor([0, 1, 2, 3]), Step(0, 0, 3))
+    frozen = pipeline.get("teacher").teacher
     assert not frozen.training and all(p.stop_gradient for p in frozen.parameters())
-    assert not np.allclose(trainer.images.numpy(), images.numpy())  # Mixup did mix
+    assert not np.allclose(batch.images.numpy(), images.numpy())  # Mixup did mix
     with paddle.no_grad():
-        expected = teacher(trainer.images).numpy()
-    np.testing.assert_allclose(trainer.targets["teacher"].numpy(), expected, rtol=0, atol=1e-6)
-    assert not np.allclose(trainer.targets["soft"].numpy(), soft.numpy())  # mixed before being wrapped
+        expected = teacher(batch.images).numpy()
+    np.testing.assert_allclose(batch.teacher_logits.numpy(), expected, rtol=0, atol=1e-6)
+    assert batch.targets.shape == [4, 5] and float(batch.targets.max()) < 0.91  # smoothed, then mixed
 
     optimizer = paddle.optimizer.AdamW(learning_rate=1e-2, parameters=student.parameters())
     before = {k: v.numpy().copy() for k, v in student.state_dict().items()}
     student.train()
-    loss = student.loss(student(trainer.images), trainer.targets)
+    loss = student.loss(student(batch.images), batch)
     loss.backward()
     optimizer.step()
     assert all(p.grad is None for p in frozen.parameters())
@@ -196,21 +190,20 @@ def test_hook_training_step_keeps_the_teacher_frozen(lvvit_teacher):
     assert not np.allclose(student.state_dict()["head.dist_head.weight"].numpy(), before["head.dist_head.weight"])
 
 
-def test_hook_errors(lvvit_teacher, tmp_path):
+def test_teacher_errors_when_bound(lvvit_teacher, tmp_path):
     _, path, teacher_cfg = lvvit_teacher
-    trainer = fake_trainer(small_student(), None, None)
     missing = str(tmp_path / "nowhere.pdparams")
     with pytest.raises(ConfigError, match="nowhere.pdparams"):
-        DistillationHook(teacher_cfg, missing).before_run(trainer)
+        Teacher(teacher_cfg, missing).bind(small_student(), None)
     with pytest.raises(ConfigError, match="num_classes=5, the student 7"):
-        DistillationHook(teacher_cfg, path).before_run(fake_trainer(small_student(num_classes=7), None, None))
+        Teacher(teacher_cfg, path).bind(small_student(num_classes=7), None)
     plain = create_model("deit_tiny_patch16_224", embed_dim=48, depth=1, img_size=32, patch_size=8, num_classes=5)
     with pytest.raises(ConfigError, match="DistillationHead"):
-        DistillationHook(teacher_cfg, path).before_run(fake_trainer(plain, None, None))
+        Teacher(teacher_cfg, path).bind(plain, None)
     unused = small_student()
     unused.head.distillation_type = "none"
     with pytest.raises(ConfigError, match="teacher would be unused"):
-        DistillationHook(teacher_cfg, path).before_run(fake_trainer(unused, None, None))
+        Teacher(teacher_cfg, path).bind(unused, None)
 
 
 def test_training_run_with_a_teacher(tmp_path):
@@ -228,11 +221,11 @@ def test_training_run_with_a_teacher(tmp_path):
                   "embed_dim": 48, "depth": 1, "num_heads": 3, "distillation_type": "soft", "tau": 3.0},
         "data": {"batch_size": 8, "val_batch_size": 8, "num_workers": 0,
                  "train": {"name": "ImageNetTokenLabel", "root": f"{root}/train", "transforms": transforms},
-                 "val": {"name": "ImageNetTokenLabel", "root": f"{root}/val", "transforms": transforms},
-                 "target": {"name": "SoftTargets", "num_classes": 10}},
+                 "val": {"name": "ImageNetTokenLabel", "root": f"{root}/val", "transforms": transforms}},
+        "batch": {"target": {"name": "SoftTargets"}, "mixup": {"name": "Mixup"},
+                  "teacher": {"name": "Teacher", "teacher": teacher_cfg, "weights": teacher_path}},
         "lr_scheduler": {"name": "CosineWarmup", "warmup_epochs": 0, "cooldown_epochs": 0},
-        "hooks": {"mixup": {"name": "MixupHook"}, "ema": {"name": "EMAHook", "decay": 0.9},
-                  "distillation": {"name": "DistillationHook", "teacher": teacher_cfg, "weights": teacher_path}},
+        "hooks": {"ema": {"name": "EMAHook", "decay": 0.9}},
     }
     config = str(tmp_path / "deit_distilled.yaml")
     with open(config, "w") as f:

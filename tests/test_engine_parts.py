@@ -10,10 +10,9 @@ from conftest import load_npz
 from passl_tl.engine.checkpoint import checkpoint_name, list_checkpoints, load_checkpoint, save_atomic
 from passl_tl.engine.data import ShardedBatchSampler
 from passl_tl.engine.ema import ModelEMA
-from passl_tl.engine.hooks.mixtoken import sample_mix_box
 from passl_tl.engine.lr_schedulers import CosineWarmup
 from passl_tl.engine.optimizers import decay_parameter_names
-from passl_tl.models.losses import mix_lam
+from passl_tl.token_labels.mixtoken import mix_lam, sample_mix_box
 
 
 def test_cosine_warmup_matches_timm_formula():
@@ -151,12 +150,14 @@ def test_adamw_decays_only_matrices_on_lvvit():
     assert "backbone.blocks.0.attn.qkv.weight" in before and "backbone.norm.weight" in before
 
 
-def test_optimizer_hook_with_and_without_grad_scaler():
+def update(wrapper, loss, iteration=0, iters_per_epoch=1):
+    return wrapper.update(loss, iteration, iters_per_epoch, "here", lambda: "")
+
+
+def test_optim_wrapper_with_and_without_grad_scaler():
     """The GradScaler branch gives the plain update (on CPU Paddle turns loss scaling off,
     so this checks the code path; scaling itself is exercised on GPU)."""
-    from types import SimpleNamespace
-
-    from passl_tl.engine.hooks.optimizer import OptimizerHook
+    from passl_tl.engine.optim_wrapper import OptimWrapper
     with pytest.warns(UserWarning, match="AmpScaler"):
         scaler_on_cpu = paddle.amp.GradScaler(init_loss_scaling=1024.0)
     results = []
@@ -164,9 +165,7 @@ def test_optimizer_hook_with_and_without_grad_scaler():
         paddle.seed(0)
         net = paddle.nn.Linear(3, 2)
         opt = paddle.optimizer.SGD(0.1, parameters=net.parameters())
-        trainer = SimpleNamespace(optimizer=opt, scaler=scaler, loss=(net(paddle.ones([4, 3])) ** 2).mean(),
-                                  iter=0, iters_per_epoch=1)
-        OptimizerHook().after_train_iter(trainer)
+        assert update(OptimWrapper(opt, scaler), (net(paddle.ones([4, 3])) ** 2).mean())
         assert net.weight.grad is None or float(net.weight.grad.abs().sum()) == 0.0  # cleared
         results.append(net.weight.numpy())
     np.testing.assert_array_equal(results[0], results[1])
@@ -175,9 +174,7 @@ def test_optimizer_hook_with_and_without_grad_scaler():
 def test_gradient_accumulation_averages_each_group_including_a_short_last_one():
     """accumulate_steps=2 over an epoch of 3 iterations: the groups are {0, 1} and {2}; each step
     equals an SGD step on the mean loss of its group's samples (SGD: the step scales with the gradient)."""
-    from types import SimpleNamespace
-
-    from passl_tl.engine.hooks.optimizer import OptimizerHook
+    from passl_tl.engine.optim_wrapper import OptimWrapper
     parts = [paddle.to_tensor(np.random.RandomState(i).standard_normal((2, 3)).astype("float32")) for i in range(3)]
 
     def fresh():
@@ -188,14 +185,10 @@ def test_gradient_accumulation_averages_each_group_including_a_short_last_one():
     net, opt = fresh()
     for group in ([0, 1], [2]):  # reference: one step per group on the concatenated samples
         x = paddle.concat([parts[i] for i in group])
-        OptimizerHook().after_train_iter(SimpleNamespace(optimizer=opt, scaler=None, loss=(net(x) ** 2).mean(),
-                                                         iter=0, iters_per_epoch=1))
+        update(OptimWrapper(opt), (net(x) ** 2).mean())
     net2, opt2 = fresh()
-    hook, stepped = OptimizerHook(accumulate_steps=2), []
-    for i, x in enumerate(parts):
-        t = SimpleNamespace(optimizer=opt2, scaler=None, loss=(net2(x) ** 2).mean(), iter=i, iters_per_epoch=3)
-        hook.after_train_iter(t)
-        stepped.append(t.optimizer_stepped)
+    wrapper = OptimWrapper(opt2, accumulate_steps=2)
+    stepped = [update(wrapper, (net2(x) ** 2).mean(), i, 3) for i, x in enumerate(parts)]
     assert stepped == [False, True, True]
     np.testing.assert_allclose(net2.weight.numpy(), net.weight.numpy(), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(net2.bias.numpy(), net.bias.numpy(), rtol=1e-6, atol=1e-7)
@@ -207,14 +200,13 @@ def test_ema_moves_once_per_optimizer_step():
     from passl_tl.engine.hooks.ema import EMAHook
     net = paddle.nn.Linear(2, 2)
     hook = EMAHook(decay=0.5)
-    trainer = SimpleNamespace(model_without_ddp=net, optimizer_stepped=False, ema=None)
+    trainer = SimpleNamespace(model_without_ddp=net, ema=None)
     hook.before_run(trainer)
     before = hook.ema.module.weight.numpy().copy()
     net.weight.set_value(net.weight + 1.0)
-    hook.after_train_iter(trainer)  # no optimizer step: no EMA step
+    hook.after_train_iter(trainer, None, SimpleNamespace(stepped=False))  # no optimizer step: no EMA step
     np.testing.assert_array_equal(hook.ema.module.weight.numpy(), before)
-    trainer.optimizer_stepped = True
-    hook.after_train_iter(trainer)
+    hook.after_train_iter(trainer, None, SimpleNamespace(stepped=True))
     np.testing.assert_allclose(hook.ema.module.weight.numpy(), before + 0.5, rtol=1e-6)
 
 
@@ -224,12 +216,14 @@ def test_checkpoints_only_at_accumulation_boundaries(tmp_path):
     from passl_tl.engine.hooks.checkpoint import CheckpointHook
     from passl_tl.utils.registry import ConfigError
     with pytest.raises(ConfigError, match="interval_iters=3 must be a multiple of .*accumulate_steps=2"):
-        CheckpointHook(interval_iters=3).before_run(SimpleNamespace(accumulate_steps=2))
-    CheckpointHook(interval_iters=4).before_run(SimpleNamespace(accumulate_steps=2, output_dir=str(tmp_path)))
+        CheckpointHook(interval_iters=3).before_run(SimpleNamespace(optim_wrapper=SimpleNamespace(accumulate_steps=2)))
+    CheckpointHook(interval_iters=4).before_run(SimpleNamespace(optim_wrapper=SimpleNamespace(accumulate_steps=2),
+                                                                output_dir=str(tmp_path)))
 
 
 def test_repeated_augmentation_spreads_copies_over_processes():
-    """DeiT's RASampler: every index 3 times, the copies on different processes, n // world per process."""
+    """DeiT's RASampler: every index 3 times, the copies on different processes, n // world per process;
+    items are (index, copy) pairs so that each copy is augmented on its own."""
     world, n = 3, 30
     shards = []
     for r in range(world):
@@ -238,26 +232,30 @@ def test_repeated_augmentation_spreads_copies_over_processes():
         shards.append([i for batch in s for i in batch])
     assert all(len(shard) == n // world for shard in shards)
     for position in range(n // world):  # the 3 copies of one index sit at the same position on each rank
-        assert len({shard[position] for shard in shards}) == 1
+        assert len({shard[position][0] for shard in shards}) == 1
+        assert [shard[position][1] for shard in shards] == [0, 1, 2]
     single = ShardedBatchSampler(n, 5, shuffle=True, drop_last=True, seed=0, pad=True, repeats=3)
     single.num_replicas, single.rank = 1, 0
     assert sorted(i for batch in single for i in batch) == list(range(n))  # one process: plain sampling
 
 
 def test_cnn_backbones_refuse_token_features_clearly():
-    """RegNet has no token grid: MixToken and token-label targets are config errors naming it."""
-    from types import SimpleNamespace
-
-    from passl_tl.engine.data import check_data_matches_model
-    from passl_tl.engine.hooks.mixtoken import MixTokenHook
+    """RegNet has no token grid: MixToken and token-label targets are config errors naming it when the
+    batch stages are bound to it (the trainer is built), not at the first iteration."""
+    from passl_tl.batch.pipeline import BatchPipeline
     from passl_tl.models import create_model
+    from passl_tl.token_labels.mixtoken import MixToken
+    from passl_tl.token_labels.targets import TokenLabelTargets
     from passl_tl.utils.registry import ConfigError
     with paddle.LazyGuard():
         cnn = create_model("regnety_002", num_classes=10)
+        deit = create_model("deit_tiny_patch16_224", depth=1, num_classes=10)
     with pytest.raises(ConfigError, match="MixToken needs a backbone with a token grid; RegNet"):
-        MixTokenHook().before_run(SimpleNamespace(grid_size=cnn.grid_size, model_without_ddp=cnn))
-    with pytest.raises(ConfigError, match="label_size=14 needs a backbone with a token grid; RegNet"):
-        check_data_matches_model(cnn, None, None, {"num_classes": 10, "label_size": 14}, "x.yaml")
+        BatchPipeline({"mixtoken": MixToken()}).bind(cnn)
+    with pytest.raises(ConfigError, match="TokenLabelTargets needs a backbone with a token grid; RegNet"):
+        BatchPipeline({"target": TokenLabelTargets()}).bind(cnn)
+    with pytest.raises(ConfigError, match="MixToken needs a head that un-mixes per-token outputs.*LinearHead"):
+        BatchPipeline({"mixtoken": MixToken()}).bind(deit)
 
 
 def test_sampler_and_evaluate_hook_arguments_are_checked():
@@ -273,22 +271,23 @@ def test_sampler_and_evaluate_hook_arguments_are_checked():
 def test_mixtoken_box_seeds_replay_a_recorded_run():
     """``box_seeds``: step k draws as the official code after ``np.random.seed(box_seeds[k])``; too few
     seeds for the run is a config error naming the counts."""
-    from types import SimpleNamespace
-
-    from passl_tl.engine.hooks.mixtoken import MixTokenHook
+    from passl_tl.batch.pipeline import Batch, Step
+    from passl_tl.models import create_model
+    from passl_tl.token_labels.mixtoken import MixToken
     from passl_tl.utils.registry import ConfigError
-    trainer = SimpleNamespace(grid_size=(14, 14), max_epochs=2, iters_per_epoch=2, seed=0, rank=0, mix_box=None)
-    hook = MixTokenHook(box_seeds=[5, 6, 7, 8])
-    hook.before_run(trainer)
+    with paddle.LazyGuard():
+        model = create_model("lvvit_tiny", depth=1, num_classes=10)
+    stage = MixToken(box_seeds=[5, 6, 7, 8])
+    stage.bind(model, None)
+    stage.check_steps(4)
+    batch = Batch(paddle.zeros([2, 3, 4, 4]), paddle.zeros([2]))
     for step, seed in enumerate([5, 6, 7, 8]):
-        trainer.global_step = step
-        hook.before_train_iter(trainer)
         box = sample_mix_box(np.random.RandomState(seed), (14, 14))
-        assert trainer.mix_box == (box if box[0] < box[2] and box[1] < box[3] else None)
-    with pytest.raises(ConfigError, match=r"a seed for each of the 4 steps.*got 3 seeds"):
-        MixTokenHook(box_seeds=[1, 2, 3]).before_run(trainer)
+        assert stage(batch, Step(0, 0, step)).mix_box == (box if box[0] < box[2] and box[1] < box[3] else None)
+    with pytest.raises(ConfigError, match=r"a seed for each of the 5 steps.*got 4 seeds"):
+        stage.check_steps(5)
     with pytest.raises(ConfigError, match="box_seeds must be a list of non-negative integers"):
-        MixTokenHook(box_seeds=[1, -2])
+        MixToken(box_seeds=[1, -2])
 
 
 def test_fixed_batches_replay_every_epoch_and_resume_mid_epoch():

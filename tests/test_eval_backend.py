@@ -58,7 +58,7 @@ def test_resolve_eval_backend():
         resolve_eval_backend("onednn", amp=True)
     model = create_model("lvvit_tiny", depth=1, num_classes=7, img_size=64)
     assert isinstance(eval_forward(model, "auto"), OneDNNForward)
-    assert eval_forward(model, "dygraph") is model
+    assert not isinstance(eval_forward(model, "dygraph"), OneDNNForward)
 
 
 def test_evaluate_both_backends_agree():
@@ -85,7 +85,7 @@ def test_onednn_run_leaves_training_numerics_unchanged():
         model.train()
         model.clear_gradients()
         outputs = model(images)
-        sum(v.sum() for v in outputs.values()).backward()
+        (outputs["cls"].sum() + outputs["aux"].sum()).backward()
         return [p.grad.numpy().copy() for p in model.parameters() if p.grad is not None]
 
     before = gradients()

@@ -12,8 +12,8 @@ from conftest import REPO_ROOT
 from passl_tl import build_model
 from passl_tl.datasets.demo import make_demo_dataset
 from passl_tl.datasets.imagenet_token_label import ImageNetTokenLabel
-from passl_tl.label_generation import eval_transform_specs
-from passl_tl.utils.config import load_config
+from passl_tl.engine.run_config import load_run_config
+from passl_tl.token_labels.generation import eval_transform_specs
 from passl_tl.utils.registry import ConfigError
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
@@ -86,7 +86,7 @@ def test_dense_logits_refuse_train_mode():
 
 
 def test_eval_transforms_take_the_size_and_crop_pct():
-    cfg = load_config(DEMO_CONFIG)
+    cfg = load_run_config(DEMO_CONFIG)
     assert eval_transform_specs(cfg, None, 1.0) == [
         {"name": "ResizeCropPct", "size": 64, "crop_pct": 1.0}, {"name": "Normalize"}]
     assert eval_transform_specs(cfg, 96, 0.875)[0] == {"name": "ResizeCropPct", "size": 96, "crop_pct": 0.875}
@@ -99,7 +99,7 @@ def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("labels")
     data = make_demo_dataset(str(base / "demo"), num_classes=5, train_per_class=3, val_per_class=1)
     paddle.seed(3)
-    teacher = build_model(load_config(DEMO_CONFIG, TEACHER))
+    teacher = build_model(load_run_config(DEMO_CONFIG, TEACHER))
     weights = str(base / "teacher.pdparams")
     paddle.save(teacher.state_dict(), weights)
     return base, data, teacher, weights
@@ -254,7 +254,7 @@ data:
     out = str(tmp_path / "student")
     demo = [f"data.val.{k}={v}" for k, v in (("root", data), ("num_classes", 5), ("train_per_class", 3),
                                               ("val_per_class", 1))]
-    metrics = train.main(["-c", str(config), "-o", *demo, "model.num_classes=5", "data.target.num_classes=5",
+    metrics = train.main(["-c", str(config), "-o", *demo, "model.num_classes=5",
                           "epochs=1", "data.batch_size=5", "data.val_batch_size=5", "data.num_workers=0",
                           f"output_dir={out}", "hooks.logger.interval=1"])
     log = open(os.path.join(out, "log.txt")).read()

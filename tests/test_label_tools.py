@@ -12,7 +12,7 @@ from conftest import REPO_ROOT
 from test_convert_weights import write_torch_zip
 
 from passl_tl.datasets.demo import make_demo_dataset
-from passl_tl.datasets.label_pack import INDEX_NAME, read_pack_index
+from passl_tl.token_labels.pack import INDEX_NAME, read_pack_index
 from passl_tl.utils.registry import DATASETS, ConfigError
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))

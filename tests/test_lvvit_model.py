@@ -8,6 +8,7 @@ import paddle
 import pytest
 from conftest import capture, close, fixture_path
 
+from passl_tl.batch.pipeline import Batch
 from passl_tl.models import create_model, load_weights
 from passl_tl.models.heads import TokenLabelHead
 
@@ -68,7 +69,7 @@ def train_run(case, ref):
     tokens_in, h2 = capture(model.backbone.blocks[0], pre=True)
     outputs = model(paddle.to_tensor(ref["x"]), box)
     h1.remove(), h2.remove()
-    loss = model.loss(outputs, paddle.to_tensor(ref["train/target"]), box)
+    loss = model.loss(outputs, Batch(paddle.to_tensor(ref["x"]), paddle.to_tensor(ref["train/target"])))
     loss.backward()
     return dict(model=model, box=box, outputs=outputs, loss=float(loss), stem=stem["value"],
                 tokens_in=tokens_in["value"], grads={n: p.grad.numpy() for n, p in model.named_parameters()
@@ -91,8 +92,9 @@ def test_train_forward(ref, train_run):
 ])
 def test_train_loss_variants(ref, train_run, key, options):
     head = TokenLabelHead(8, 10, **options)
-    outputs = {k: v.detach() for k, v in train_run["outputs"].items()}
-    loss = head.loss(outputs, paddle.to_tensor(ref["train/target"]), train_run["box"])
+    outputs = {k: v.detach() if k != "mix_box" else v for k, v in train_run["outputs"].items()}
+    assert outputs["mix_box"] == train_run["box"]  # the outputs carry the box the loss mixes by
+    loss = head.loss(outputs, paddle.to_tensor(ref["train/target"]))
     close(float(loss), float(ref[key]))
     if not options:
         close(train_run["loss"], float(ref[key]))
@@ -128,7 +130,7 @@ def test_train_empty_box(case, ref):
     outputs = model(paddle.to_tensor(ref["x"]), box)
     close(outputs["cls"].numpy(), ref["train_emptybox/x_cls"])
     close(outputs["aux"].numpy(), ref["train_emptybox/x_aux"])
-    target = paddle.to_tensor(ref["train/target"])
-    close(float(model.loss(outputs, target, box)), float(ref["train_emptybox/loss"]))
+    batch = Batch(paddle.to_tensor(ref["x"]), paddle.to_tensor(ref["train/target"]))
+    close(float(model.loss(outputs, batch)), float(ref["train_emptybox/loss"]))
     # no box at all is the same as an empty one
-    close(float(model.loss(outputs, target, None)), float(ref["train_emptybox/loss"]))
+    close(float(model.loss({**outputs, "mix_box": None}, batch)), float(ref["train_emptybox/loss"]))

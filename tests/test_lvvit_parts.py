@@ -11,7 +11,8 @@ from conftest import fixture_path
 from passl_tl.models import Classifier, build_model, create_model
 from passl_tl.models.backbones.lvvit import ConvStem
 from passl_tl.models.heads import TokenLabelHead
-from passl_tl.models.layers import DropPath, Mlp, TorchBatchNorm2D, flip_box, trunc_normal_
+from passl_tl.models.layers import DropPath, Mlp, TorchBatchNorm2D, trunc_normal_
+from passl_tl.token_labels.mixtoken import flip_box
 from passl_tl.utils.registry import MODELS, ConfigError
 
 
@@ -205,10 +206,10 @@ def test_train_head_unmixes_aux_and_plain_soft_label_loss():
     cls_t = lam * target + (1 - lam) * target[::-1]
     x_cls, x_aux = mixed["cls"].numpy(), mixed["aux"].numpy()
     want = 0.7 * _soft_ce(x_cls, cls_t) + 1.3 * _soft_ce(x_aux, np.repeat(target[:, None], 12, axis=1))
-    got = head.loss(mixed, paddle.to_tensor(target), box)
+    got = head.loss(mixed, paddle.to_tensor(target))
     assert got.shape == [] and abs(float(got) - want) < 1e-5
     with pytest.raises(ValueError, match=r"\[2, 5, 14\]"):
-        head.loss(mixed, paddle.zeros([2, 5, 13]), box)
+        head.loss(mixed, paddle.zeros([2, 5, 13]))
 
 
 def test_presets_route_overrides_and_reject_unknown_keys():
@@ -268,11 +269,11 @@ def test_parameter_counts_match_official(preset, key):
 
 def test_lean_backward_only_on_tested_paddle_versions(monkeypatch):
     """Other Paddle versions (whose internal grad kernels may differ) take plain autograd."""
-    from passl_tl.models import layers
+    from passl_tl.models import lean_backward
     x = paddle.to_tensor(np.ones((2, 3, 6), np.float32), stop_gradient=False)
     mlp = Mlp(6, 12)
     mlp.train()
-    assert layers.lean_backward(True) and not layers.lean_backward(False)
-    monkeypatch.setattr(layers, "LEAN_BACKWARD_VERSIONS", ("9.9.",))
-    assert not layers.lean_backward(True)
+    assert lean_backward.enabled(True) and not lean_backward.enabled(False)
+    monkeypatch.setattr(lean_backward, "LEAN_BACKWARD_VERSIONS", ("9.9.",))
+    assert not lean_backward.enabled(True)
     assert mlp(x).grad_fn.name() == "AddGradNode"  # fc2's bias add: the plain path

@@ -1,14 +1,13 @@
 """Mixup / CutMix on token-label targets, and soft targets for plain labels."""
-from types import SimpleNamespace
-
 import numpy as np
 import paddle
 import pytest
 from conftest import load_npz
 
-from passl_tl.datasets.soft_targets import SoftTargets
-from passl_tl.datasets.token_label import make_token_targets
-from passl_tl.engine.hooks.mixup import MixupHook, cutmix_box, mix_targets, paste_box
+from passl_tl.batch.mixup import Mixup, cutmix_box, mix_targets, paste_box
+from passl_tl.batch.pipeline import Batch, BatchPipeline, Step
+from passl_tl.batch.soft_targets import smoothed_one_hot
+from passl_tl.token_labels.targets import make_token_targets
 from passl_tl.utils.registry import ConfigError
 
 
@@ -37,30 +36,30 @@ def test_paste_box_takes_the_flipped_partner_inside_only():
     np.testing.assert_array_equal(out, ref)
 
 
-def fake_trainer(step=0):
+def one_hot_batch():
     images = paddle.to_tensor(np.random.RandomState(1).rand(4, 3, 16, 16).astype("float32"))
-    targets = paddle.to_tensor(np.eye(4, 5, dtype="float32"))  # [B, K] one row per sample
-    return SimpleNamespace(seed=0, rank=0, global_step=step, images=images, targets=targets)
+    return Batch(images, paddle.to_tensor(np.eye(4, 5, dtype="float32")))  # [B, K] one row per sample
 
 
 def test_mixup_mixes_images_and_targets_with_the_same_lam():
-    t = fake_trainer()
-    x = t.images.numpy()
-    MixupHook(mixup_alpha=0.8, cutmix_alpha=0.0).before_train_iter(t)
-    lam = float(t.targets.numpy()[0, 0])  # sample 0 keeps lam of its own one-hot
+    batch = one_hot_batch()
+    x = batch.images.numpy()
+    out = Mixup(mixup_alpha=0.8, cutmix_alpha=0.0)(batch, Step(0, 0, 0))
+    lam = float(out.targets.numpy()[0, 0])  # sample 0 keeps lam of its own one-hot
     assert 0.0 < lam < 1.0
-    np.testing.assert_allclose(t.targets.numpy()[0, 3], 1.0 - lam, rtol=1e-6)
-    np.testing.assert_allclose(t.images.numpy(), lam * x + (1 - lam) * x[::-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.targets.numpy()[0, 3], 1.0 - lam, rtol=1e-6)
+    np.testing.assert_allclose(out.images.numpy(), lam * x + (1 - lam) * x[::-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(batch.images.numpy(), x)  # the input batch is left as it was
 
 
 def test_cutmix_lam_is_the_pasted_area_share():
     cut = 0
     for step in range(20):
-        t = fake_trainer(step)
-        x = t.images.numpy()
-        MixupHook(mixup_alpha=0.0, cutmix_alpha=1.0).before_train_iter(t)
-        changed = (t.images.numpy() != x).any(axis=1)[0]  # pixels of sample 0 taken from sample 3
-        lam = float(t.targets.numpy()[0, 0])
+        batch = one_hot_batch()
+        x = batch.images.numpy()
+        out = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0)(batch, Step(0, 0, step))
+        changed = (out.images.numpy() != x).any(axis=1)[0]  # pixels of sample 0 taken from sample 3
+        lam = float(out.targets.numpy()[0, 0])
         if lam < 1.0:
             cut += 1
             assert lam == pytest.approx(1.0 - changed.sum() / changed.size, abs=1e-6)
@@ -68,32 +67,26 @@ def test_cutmix_lam_is_the_pasted_area_share():
 
 
 def test_mixup_probability_and_determinism():
-    t = fake_trainer()
-    before = t.images.numpy().copy()
-    MixupHook(prob=0.0).before_train_iter(t)
-    np.testing.assert_array_equal(t.images.numpy(), before)
-    a, b = fake_trainer(step=5), fake_trainer(step=5)
-    for tr in (a, b):
-        MixupHook().before_train_iter(tr)
+    batch = one_hot_batch()
+    assert Mixup(prob=0.0)(batch, Step(0, 0, 0)) is batch
+    a, b = (Mixup()(one_hot_batch(), Step(0, 0, 5)) for _ in range(2))
     np.testing.assert_array_equal(a.images.numpy(), b.images.numpy())
     with pytest.raises(ConfigError):
-        MixupHook(mixup_alpha=0.0, cutmix_alpha=0.0)
+        Mixup(mixup_alpha=0.0, cutmix_alpha=0.0)
 
 
 def test_soft_targets():
-    t = SoftTargets(num_classes=5, smoothing=0.1)(paddle.to_tensor([2, 0], dtype="int64")).numpy()
+    t = smoothed_one_hot(paddle.to_tensor([2, 0], dtype="int64"), 5, 0.1).numpy()
     np.testing.assert_allclose(t.sum(1), 1.0, rtol=1e-6)
     assert t[0, 2] == pytest.approx(0.92) and t[0, 0] == pytest.approx(0.02)
 
 
 @pytest.mark.parametrize("kwargs", [{"cutmix_minmax": [0.8, 0.2]}, {"cutmix_minmax": [0.2]}, {"prob": 5.0}])
 def test_mixup_rejects_bad_arguments(kwargs):
-    with pytest.raises(ConfigError, match="MixupHook"):
-        MixupHook(**kwargs)
+    with pytest.raises(ConfigError, match="Mixup"):
+        Mixup(**kwargs)
 
 
-def test_mixup_needs_soft_targets():
-    t = fake_trainer()
-    t.targets = paddle.to_tensor([0, 1, 2, 3], dtype="int64")
-    with pytest.raises(ConfigError, match="data.target"):
-        MixupHook().before_train_iter(t)
+def test_mixup_needs_a_target_stage():
+    with pytest.raises(ConfigError, match="batch.target"):
+        BatchPipeline({"mixup": Mixup()})

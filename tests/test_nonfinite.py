@@ -9,24 +9,26 @@ import pytest
 from test_training import DEMO_CONFIG, small_run_overrides, train
 
 from passl_tl.engine.checkpoint import list_checkpoints, load_checkpoint
+from passl_tl.models import Classifier
 from passl_tl.utils.cli import run_tool
 from passl_tl.utils.errors import TrainingStopped
 
 
 def inject(monkeypatch, steps, kind):
-    """From ``Trainer.train_step`` on the given global steps: a NaN loss, or a finite loss whose
-    gradient is NaN (0 * d sqrt(x)/dx at x = 0)."""
-    step = train.Trainer.train_step
+    """The model's training loss on the given steps of the next run (counted from 0): NaN, or finite
+    with a NaN gradient (0 * d sqrt(x)/dx at x = 0)."""
+    loss_of = Classifier.loss
+    taken = []
 
-    def faulty_step(self):
-        step(self)
-        if self.global_step in steps:
+    def faulty_loss(self, outputs, batch):
+        loss = loss_of(self, outputs, batch)
+        taken.append(len(taken))
+        if taken[-1] in steps:
             if kind == "loss":
-                self.loss = self.loss * float("nan")
-            else:
-                weight = self.model_without_ddp.parameters()[0]
-                self.loss = self.loss + 0.0 * paddle.sqrt(0.0 * weight.sum())
-    monkeypatch.setattr(train.Trainer, "train_step", faulty_step)
+                return loss * float("nan")
+            return loss + 0.0 * paddle.sqrt(0.0 * self.parameters()[0].sum())
+        return loss
+    monkeypatch.setattr(Classifier, "loss", faulty_loss)
 
 
 def adam_steps(checkpoint):
@@ -56,7 +58,7 @@ def test_nonfinite_steps_are_skipped_with_a_warning(tmp_path, monkeypatch, kind)
 def test_run_stops_after_too_many_nonfinite_steps_keeping_the_checkpoint_before(tmp_path, monkeypatch):
     data_root, out = str(tmp_path / "demo"), str(tmp_path / "out")
     inject(monkeypatch, set(range(3, 10)), "loss")  # from the 4th step on (checkpoints every 2 iterations)
-    overrides = [*small_run_overrides(data_root, out), "hooks.optimizer.max_nonfinite_steps=2"]
+    overrides = [*small_run_overrides(data_root, out), "optim_wrapper.max_nonfinite_steps=2"]
     with pytest.raises(TrainingStopped) as stopped:
         train.main(["-c", DEMO_CONFIG, "-o", *overrides])
     before = os.path.join(out, "ckpt_e0000_i000002.pdckpt")

@@ -10,9 +10,10 @@ import paddle
 import pytest
 from conftest import capture, close, fixture_path, load_npz
 
+from passl_tl.batch.pipeline import Batch
 from passl_tl.engine.optimizers import AdamW, decay_parameter_names
 from passl_tl.models import build_model, create_model, load_weights
-from passl_tl.models.layers import flip_box
+from passl_tl.token_labels.mixtoken import flip_box
 
 # Constructor table of the fixture README, as overrides of the matching preset.
 CASES = {
@@ -174,7 +175,7 @@ def test_token_labeling_with_mixtoken_trains_a_step(config):
     aux = model.head.aux_head(paddle.to_tensor(tokens["value"][:, 1:])).reshape([2, 14, 14, 10])
     close(outputs["aux"].numpy(), flip_box(aux, box, row_axis=1).reshape([2, 196, 10]).numpy())
     target = paddle.nn.functional.softmax(paddle.randn([2, 10, 2 + 196]), axis=1)
-    loss = model.loss(outputs, target, box)
+    loss = model.loss(outputs, Batch(images, target))
     optimizer = AdamW(model, lr=1e-3)
     before = {name: p.numpy() for name, p in model.named_parameters()}
     loss.backward()

@@ -4,9 +4,11 @@ import paddle
 import pytest
 from conftest import load_npz
 
-from passl_tl.datasets.token_label import (TokenLabelTargets, dense_label_map, make_token_targets,
-                                           pack_label_sample, pool_crop)
-from passl_tl.utils.registry import TRANSFORMS
+from passl_tl.batch.pipeline import Batch, Step
+from passl_tl.models import create_model
+from passl_tl.token_labels.packing import pack_label_sample
+from passl_tl.token_labels.targets import TokenLabelTargets, dense_label_map, make_token_targets, pool_crop
+from passl_tl.utils.registry import BATCH_TRANSFORMS
 
 NUM_CLASSES = 1000
 
@@ -112,11 +114,18 @@ def test_errors():
         make_token_targets(labels[:, :2], 20)
 
 
-def test_registered_batch_transform(ref):
-    cfg = {"name": "TokenLabelTargets", "num_classes": NUM_CLASSES, "box_order": "official"}
-    builder = TRANSFORMS.build(cfg)
-    assert isinstance(builder, TokenLabelTargets)
-    np.testing.assert_allclose(builder(paddle.to_tensor(ref["input"])).numpy(), ref["target_lam1"], atol=1e-4)
+def test_registered_batch_stage_takes_classes_and_grid_from_the_model(ref):
+    """The target stage reads num_classes and the token grid (the label size) from the model it is bound to."""
+    _, num_classes, columns = ref["target_lam1"].shape
+    grid = int(round((columns - 2) ** 0.5))
+    stage = BATCH_TRANSFORMS.build({"name": "TokenLabelTargets", "box_order": "official"})
+    assert isinstance(stage, TokenLabelTargets)
+    with paddle.LazyGuard():
+        model = create_model("lvvit_tiny", depth=1, num_classes=num_classes, img_size=16 * grid)
+    stage.bind(model, None)
+    assert (stage.num_classes, stage.label_size) == (num_classes, grid)
+    batch = stage(Batch(paddle.zeros([1]), paddle.to_tensor(ref["input"])), Step(0, 0, 0))
+    np.testing.assert_allclose(batch.targets.numpy(), ref["target_lam1"], atol=1e-4)  # fixture README: dense targets
 
 
 def test_correct_box_order_on_a_non_square_map():

@@ -4,9 +4,9 @@ import paddle
 import pytest
 from conftest import load_npz
 
-from passl_tl.datasets.token_label import (crop_and_truth, dense_label_map, make_token_targets, pack_label_sample,
-                                           pool_crop)
-from passl_tl.tools_support.benchmark_data import TARGETS_ATOL, dense_token_targets, synthetic_token_labels
+from passl_tl.benchmarks.data import TARGETS_ATOL, synthetic_token_labels
+from passl_tl.token_labels.packing import crop_and_truth, pack_label_sample
+from passl_tl.token_labels.targets import dense_label_map, dense_token_targets, make_token_targets, pool_crop
 
 EXACT_ATOL = 1e-5  # make_token_targets against the exact (float64) targets; the dense float32 one is 5e-5 off
 

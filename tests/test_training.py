@@ -31,6 +31,12 @@ def state(path):
     return {k: v.numpy() for k, v in paddle.load(path).items()}
 
 
+def assert_same_state(a, b, what):
+    assert a.keys() == b.keys(), what
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=f"{what}: {k}")
+
+
 WRITTEN_SCALARS = []  # (tag, step, value) of every add_scalar call of the full run
 
 
@@ -54,8 +60,8 @@ def full_run(tmp_path_factory):
 def test_training_writes_outputs_and_learns(full_run):
     _, out, metrics = full_run
     files = set(os.listdir(out))
-    assert {"log.txt", "config.yaml", "command.txt", "run_info.json", "best.pdparams", "final.pdparams",
-            "final_ema.pdparams", "vdl"} <= files
+    assert {"log.txt", "config.yaml", "command.txt", "run_info.json", "best.pdparams", "best_model.pdparams",
+            "best_ema.pdparams", "final.pdparams", "final_ema.pdparams", "vdl"} <= files
     info = json.load(open(os.path.join(out, "run_info.json")))
     assert info["command"][1].endswith(os.path.join("tools", "train.py")) and "-c" in info["command"]
     assert info["packages"]["paddlepaddle"] == paddle.__version__ and "numpy" in info["packages"]
@@ -72,6 +78,25 @@ def test_training_writes_outputs_and_learns(full_run):
     assert re.search(r"epoch 1 \[2/5\] loss \S+ lr 5\.050e-04", log)
     assert metrics["model/count"] == 30 and metrics["tracked"] == "ema"
     assert metrics["model/top1"] > 30.0  # 10 classes: chance is 10%
+
+
+def test_best_epoch_keeps_its_raw_model_and_its_ema(full_run):
+    """best.pdparams is the tracked EMA; best_model.pdparams the raw model of that epoch (what the official
+    --finetune loads: model_best's state_dict), best_ema.pdparams its EMA; the log says which is which."""
+    _, out, _ = full_run
+    log = open(os.path.join(out, "log.txt")).read()
+    epochs = re.findall(r"new best top-1 \S+ \(EMA weights\) at epoch (\d): best\.pdparams and best_ema\.pdparams "
+                        r"hold the EMA weights, best_model\.pdparams the raw model weights", log)
+    assert epochs and epochs[0] == "0"
+    assert "wrote final.pdparams (raw model weights) and final_ema.pdparams (EMA weights)" in log
+    # the end-of-epoch checkpoint of the last best epoch holds the raw model and the EMA of that moment
+    checkpoint = paddle.load(os.path.join(out, f"ckpt_e{int(epochs[-1]):04d}_i000005.pdckpt"))
+    raw = {k: v.numpy() for k, v in checkpoint["model"].items()}
+    ema = {k: v.numpy() for k, v in checkpoint["hooks"]["ema"]["ema"].items()}
+    assert_same_state(state(os.path.join(out, "best_model.pdparams")), raw, "best_model.pdparams")
+    assert_same_state(state(os.path.join(out, "best_ema.pdparams")), ema, "best_ema.pdparams")
+    assert_same_state(state(os.path.join(out, "best.pdparams")), ema, "best.pdparams")
+    assert any(not np.array_equal(raw[k], ema[k]) for k in raw if raw[k].dtype.kind == "f")
 
 
 def test_visualdl_scalars_are_readable(full_run):
@@ -108,11 +133,11 @@ def test_resume_matches_uninterrupted_run(full_run, tmp_path, checkpoint, resume
     assert f"continuing at {resumes_at}" in log
     logged = re.findall(r"epoch \d \[\d/5\]", log)
     assert logged[0] == first_logged and "epoch 0" not in " ".join(logged)  # nothing done twice
+    # epoch 0's best is in the state, its weights only in the first run's output dir
+    assert re.search(r"resumed with a best top-1 of \S+, but \S+ has no best\.pdparams, best_model\.pdparams, "
+                     r"best_ema\.pdparams: the best weights are written only when top-1 exceeds", log)
     for name in ("final.pdparams", "final_ema.pdparams"):
-        a, b = state(os.path.join(out, name)), state(os.path.join(resumed_out, name))
-        assert a.keys() == b.keys()
-        for k in a:
-            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}:{k}")
+        assert_same_state(state(os.path.join(out, name)), state(os.path.join(resumed_out, name)), name)
     assert resumed["model/top1"] == metrics["model/top1"] and resumed["ema/top1"] == metrics["ema/top1"]
 
 
@@ -143,8 +168,7 @@ def test_evaluate_only_accepts_an_official_checkpoint(full_run, capsys):
     official = fixture_path("lvvit_t_d2.pth")  # LV-ViT-T layout, depth 2, 10 classes, 224 x 224
     result = train.main(["-c", DEMO_CONFIG, "-o", *small_run_overrides(data_root, "unused"),
                          "model.img_size=224", "model.patch_size=16", "model.embed_dim=240", "model.depth=2",
-                         "model.num_heads=4", "data.target.label_size=14", "data.val.transforms.0.size=224",
-                         "--load", official, "--evaluate-only"])
+                         "model.num_heads=4", "--load", official, "--evaluate-only"])  # crops follow img_size
     assert result["count"] == 30 and 0.0 <= result["top1"] <= 100.0
     assert "top-1" in capsys.readouterr().out
 
@@ -167,8 +191,8 @@ def test_mixup_cutmix_and_accumulation_train(full_run, tmp_path):
     data_root, _, _ = full_run
     out = str(tmp_path / "mix")
     metrics = train.main(["-c", DEMO_CONFIG, "-o", *small_run_overrides(data_root, out, epochs=1),
-                          "hooks.mixup={name: MixupHook, mixup_alpha: 0.8, cutmix_alpha: 1.0}",
-                          "hooks.optimizer.accumulate_steps=2"])
+                          "batch.mixup={name: Mixup, mixup_alpha: 0.8, cutmix_alpha: 1.0}",
+                          "optim_wrapper.accumulate_steps=2"])
     assert metrics["model/count"] == 30
     state = paddle.load(os.path.join(out, "ckpt_e0000_i000005.pdckpt"))
     steps = [v for k, v in state["optimizer"].items() if k.endswith("beta1_pow_acc_0")]
@@ -177,27 +201,38 @@ def test_mixup_cutmix_and_accumulation_train(full_run, tmp_path):
 
 
 def test_finetune_at_higher_resolution_on_other_classes(full_run, tmp_path):
-    """--load a 10-class 64 x 64 model into a 5-class 96 x 96 one: pos_embed resized, heads reset."""
+    """--load the best epoch's raw model (as the README's fine-tuning does) of a 10-class 64 x 64 model
+    into a 5-class 96 x 96 one: pos_embed resized, heads reset. No EMA, as in the official fine-tuning:
+    best.pdparams alone is the raw model, no best_model / best_ema / final_ema files."""
     data_root, out, _ = full_run
     ft_out, ft_data = str(tmp_path / "ft"), str(tmp_path / "demo5")
     metrics = train.main([
         "-c", DEMO_CONFIG, "-o", *small_run_overrides(ft_data, ft_out, epochs=1),
         *[f"data.{split}.num_classes=5" for split in ("train", "val")], "model.num_classes=5",
-        "data.target.num_classes=5", "model.img_size=96", "data.target.label_size=12",
-        "data.train.transforms.1.size=96", "data.val.transforms.0.size=96",
-        "--load", os.path.join(out, "final.pdparams"), "--reset-head"])
+        "model.img_size=96", "hooks.ema=null",  # classes, crops and token labels follow the model
+        "--load", os.path.join(out, "best_model.pdparams"), "--reset-head"])
     log = open(os.path.join(ft_out, "log.txt")).read()
     assert "resized backbone.pos_embed from 8x8 to 12x12" in log
     assert "head.cls_head.weight" in log and metrics["model/count"] == 15
+    assert metrics["tracked"] == "model"
+    assert re.search(r"new best top-1 \S+ \(raw model; no EMA\) at epoch 0: best\.pdparams holds the raw model", log)
+    assert "wrote final.pdparams (raw model weights; no EMA in this run)" in log
+    files = set(os.listdir(ft_out))
+    assert {"best.pdparams", "final.pdparams"} <= files
+    assert not files & {"best_model.pdparams", "best_ema.pdparams", "final_ema.pdparams"}
+    assert_same_state(state(os.path.join(ft_out, "best.pdparams")), state(os.path.join(ft_out, "final.pdparams")),
+                      "best.pdparams of a 1-epoch run")
 
 
-@pytest.mark.parametrize("backbone", [
-    "{name: DeiT, embed_dim: 48, depth: 2, num_heads: 2, img_size: 64, patch_size: 8, drop_path_rate: 0.1}",
-    "{name: T2TViT, embed_dim: 48, depth: 2, num_heads: 2, img_size: 64, tokens_type: transformer,"
-    " drop_path_rate: 0.1}",
+@pytest.mark.parametrize("backbone, track", [
+    ("{name: DeiT, embed_dim: 48, depth: 2, num_heads: 2, img_size: 64, patch_size: 8, drop_path_rate: 0.1}",
+     "model"),  # the DeiT recipe tracks its raw model
+    ("{name: T2TViT, embed_dim: 48, depth: 2, num_heads: 2, img_size: 64, tokens_type: transformer,"
+     " drop_path_rate: 0.1}", "ema"),
 ])
-def test_token_labeling_trains_deit_and_t2t(full_run, tmp_path, backbone):
-    """The token-label head, MixToken and the token-label data unchanged on other ViT families."""
+def test_token_labeling_trains_deit_and_t2t(full_run, tmp_path, backbone, track):
+    """The token-label head, MixToken and the token-label data unchanged on other ViT families; the
+    best files follow the tracked weights (1 epoch: the best epoch is the last)."""
     data_root, _, _ = full_run
     config = tmp_path / "tl.yaml"
     config.write_text(f"""_base_: {DEMO_CONFIG}
@@ -207,12 +242,18 @@ model:
   backbone: {backbone}
   head: {{name: TokenLabelHead, num_classes: 10}}
 """)
-    grid = 8 if "DeiT" in backbone else 4  # DeiT: patch 8; T2T: its soft splits stride 16
     out = str(tmp_path / "out")
     overrides = [o for o in small_run_overrides(data_root, out, epochs=1) if not o.startswith("model.")]
-    metrics = train.main(["-c", str(config), "-o", *overrides, f"data.target.label_size={grid}"])
+    metrics = train.main(["-c", str(config), "-o", *overrides, f"hooks.evaluate.track={track}"])
     log = open(os.path.join(out, "log.txt")).read()
     assert metrics["model/count"] == 30 and "epoch 0 [5/5]" in log
+    kept = {"model": "best.pdparams and best_model.pdparams hold the raw model weights, best_ema.pdparams the EMA",
+            "ema": "best.pdparams and best_ema.pdparams hold the EMA weights, best_model.pdparams the raw model"}
+    assert kept[track] in log
+    final = {"model": state(os.path.join(out, "final.pdparams")), "ema": state(os.path.join(out, "final_ema.pdparams"))}
+    assert_same_state(state(os.path.join(out, "best_model.pdparams")), final["model"], "best_model.pdparams")
+    assert_same_state(state(os.path.join(out, "best_ema.pdparams")), final["ema"], "best_ema.pdparams")
+    assert_same_state(state(os.path.join(out, "best.pdparams")), final[track], "best.pdparams")
 
 
 def launch(args, log_dir, timeout=600):

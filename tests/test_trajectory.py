@@ -47,11 +47,11 @@ class StepRecorder(Hook):
         self.watched = watched  # official name -> ours
         self.steps = []
 
-    def after_train_iter(self, trainer):
+    def after_train_iter(self, trainer, batch, outputs):
         model, ema = trainer.model_without_ddp.state_dict(), trainer.ema.module.state_dict()
         self.steps.append({
-            "epoch": trainer.epoch, "iter": trainer.iter, "lr": trainer.optimizer.get_lr(),
-            "box": trainer.mix_box, "loss": float(trainer.loss), "x_cls": trainer.outputs["cls"].numpy(),
+            "epoch": trainer.epoch, "iter": trainer.iter, "lr": trainer.optimizer.get_lr(), "stepped": outputs.stepped,
+            "box": batch.mix_box, "loss": float(outputs.loss), "x_cls": outputs.outputs["cls"].numpy(),
             "after": {name: model[ours].numpy() for name, ours in self.watched.items()},
             "ema_after": {name: ema[ours].numpy() for name, ours in self.watched.items()},
         })
@@ -84,8 +84,8 @@ def recipe_config(meta, batch_size, out_dir, box_seeds):
     if args["clip_grad"] is not None:
         overrides.append(f"optimizer.clip_grad={args['clip_grad']}")
     cfg = load_config(CONFIG, overrides, DEFAULTS)
-    cfg["hooks"]["mixtoken"]["box_seeds"] = [int(s) for s in box_seeds]
-    cfg["data"]["target"] = {}  # the fixture's batches hold the dense targets the official loop receives
+    cfg["batch"]["mixtoken"]["box_seeds"] = [int(s) for s in box_seeds]
+    cfg["batch"]["target"] = None  # the fixture's batches hold the dense targets the official loop receives
     cfg["data"]["val"] = {}
     return cfg
 
@@ -117,6 +117,7 @@ def test_schedule_and_boxes(trajectory):
     assert len(steps) == meta["steps"] == len(ref["step/lr"])
     assert [s["epoch"] for s in steps] == ref["step/epoch"].tolist()
     assert [s["iter"] for s in steps] == ref["step/batch_idx"].tolist()
+    assert all(s["stepped"] for s in steps)
     np.testing.assert_allclose([s["lr"] for s in steps], ref["step/lr"], rtol=LR_RTOL, atol=0)
     epochs = len(ref["sched/lr_epoch"])
     np.testing.assert_allclose([trainer.lr_scheduler.lr_at(e) for e in range(epochs)], ref["sched/lr_epoch"],

@@ -6,9 +6,10 @@ import pytest
 from conftest import load_npz
 from PIL import Image
 
-from passl_tl.datasets.token_label import make_token_targets, pack_label_sample
 from passl_tl.datasets.transforms import (IMAGENET_MEAN, IMAGENET_STD, Normalize, RandomHorizontalFlipWithLabel,
                                           RandomResizedCropWithCoords, ResizeCropPct, draw_filter)
+from passl_tl.token_labels.packing import pack_label_sample
+from passl_tl.token_labels.targets import make_token_targets
 from passl_tl.utils.registry import TRANSFORMS
 
 

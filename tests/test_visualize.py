@@ -8,7 +8,7 @@ from conftest import REPO_ROOT
 from PIL import Image
 
 from passl_tl.datasets.demo import make_demo_dataset, wnid
-from passl_tl.tools_support.visualize import class_colour, label_view, training_view
+from passl_tl.token_labels.visualize import class_colour, label_view, training_view
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 import visualize_token_labels  # noqa: E402  (tools/visualize_token_labels.py)

@@ -53,10 +53,10 @@ def inject(fault: str) -> None:
     if fault in ("raise", "sigkill"):
         train_step = Trainer.train_step
 
-        def failing_step(trainer: Trainer) -> None:
+        def failing_step(trainer: Trainer, batch):
             if trainer.global_step == FAULT_STEP:
                 fault_now(fault, f"injected failure at step {FAULT_STEP}")
-            train_step(trainer)
+            return train_step(trainer, batch)
         Trainer.train_step = failing_step
     else:
         get_item, loaded = ImageNetTokenLabel.__getitem__, []

@@ -26,12 +26,11 @@ import json
 import os
 import sys
 
-from passl_tl.engine import DEFAULTS
+from passl_tl.benchmarks import model as benchmark_model
+from passl_tl.benchmarks.data import DataSettings, report, run_data_benchmark
+from passl_tl.engine.run_config import load_run_config
 from passl_tl.engine.eval_forward import EVAL_BACKENDS
-from passl_tl.tools_support import benchmark_model
-from passl_tl.tools_support.benchmark_data import DataSettings, report, run_data_benchmark
 from passl_tl.utils.cli import add_config_arguments, run_tool
-from passl_tl.utils.config import load_config
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "lvvit", "lvvit_tiny.yaml")
@@ -92,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def data_settings(args: argparse.Namespace) -> DataSettings:
     """Explicit options over the --quick sizes over the defaults; transforms from the config."""
     config = args.config or DEFAULT_CONFIG
-    cfg = load_config(config, args.override, DEFAULTS)
+    cfg = load_run_config(config, args.override)
     options = {k: v for k, v in vars(args).items() if k in SIZE_OPTIONS and v is not None}
     return DataSettings(transforms=cfg["data"]["train"]["transforms"], config=config,
                         **{**(QUICK if args.quick else {}), **options})

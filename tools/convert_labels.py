@@ -18,8 +18,8 @@ import os
 import sys
 from typing import Iterable, Iterator, Sequence
 
-from passl_tl.datasets.label_files import (NPY_SUFFIX, TORCH_SUFFIXES, convert_label_file, find_label_files,
-                                           read_torch_label)
+from passl_tl.token_labels.files import (NPY_SUFFIX, TORCH_SUFFIXES, convert_label_file, find_label_files,
+                                         read_torch_label)
 from passl_tl.utils.cli import run_tool
 from passl_tl.utils.progress import Progress
 

@@ -21,10 +21,9 @@ import paddle
 
 from passl_tl import build_model, load_weights
 from passl_tl.datasets.imagenet_token_label import ImageNetTokenLabel
-from passl_tl.engine import DEFAULTS
-from passl_tl.label_generation import LabelingResult, eval_transform_specs, generate_token_labels
+from passl_tl.engine.run_config import load_run_config
+from passl_tl.token_labels.generation import LabelingResult, eval_transform_specs, generate_token_labels
 from passl_tl.utils.cli import add_config_arguments, run_tool
-from passl_tl.utils.config import load_config
 from passl_tl.utils.dist import init_distributed, is_main
 from passl_tl.utils.logger import setup_logger
 
@@ -64,7 +63,7 @@ def teacher_accuracy(result: LabelingResult, data_classes: int, teacher_classes:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    cfg = load_config(args.config, args.override, DEFAULTS)
+    cfg = load_run_config(args.config, args.override)
     paddle.set_device(cfg["device"])
     init_distributed()
     logger = setup_logger()

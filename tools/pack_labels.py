@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from passl_tl.datasets.image_folder import scan_image_folder
-from passl_tl.datasets.label_pack import PackPlan, plan_pack, write_pack
+from passl_tl.token_labels.pack import PackPlan, plan_pack, write_pack
 from passl_tl.utils.cli import run_tool
 from passl_tl.utils.progress import Progress
 

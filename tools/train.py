@@ -13,13 +13,14 @@ import sys
 import paddle
 
 from passl_tl import build_model, load_weights
-from passl_tl.engine import DEFAULTS, Trainer, evaluate, seed_everything
+from passl_tl.engine import Trainer, evaluate, seed_everything
 from passl_tl.engine.checkpoint import check_writable
 from passl_tl.engine.data import build_dataset, build_loader, check_data_matches_model
 from passl_tl.engine.eval_forward import resolve_eval_backend
+from passl_tl.engine.run_config import load_run_config
 from passl_tl.engine.trainer import amp_context_from
 from passl_tl.utils.cli import add_config_arguments, run_tool
-from passl_tl.utils.config import ConfigError, dump_config, load_config
+from passl_tl.utils.config import ConfigError, dump_config
 from passl_tl.utils.dist import init_distributed, is_main
 from passl_tl.utils.logger import setup_logger
 from passl_tl.utils.run_info import write_run_info
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     for option, path in (("--load", args.load), ("--resume", None if args.resume == "auto" else args.resume)):
         if path and not os.path.isfile(path):
             raise FileNotFoundError(f"{option} {path}: no such file")
-    cfg = load_config(args.config, args.override, DEFAULTS)
+    cfg = load_run_config(args.config, args.override)
     if args.seed is not None:
         cfg["seed"] = args.seed
     Trainer.check_config(cfg, args.evaluate_only)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from passl_tl.deploy.class_names import imagenet_class_names, read_class_names
-from passl_tl.tools_support.visualize import Figure, visualize_token_labels
+from passl_tl.token_labels.visualize import Figure, visualize_token_labels
 from passl_tl.utils.cli import run_tool
 
 

@@ -1,2 +1,2 @@
-"""Datasets, joint image/label transforms and token-label targets; importing registers them."""
-from . import demo, imagenet_token_label, rand_augment, random_erasing, soft_targets, token_label, transforms  # noqa: F401
+"""Datasets and joint image/label transforms; importing registers them."""
+from . import demo, imagenet_token_label, rand_augment, random_erasing, transforms  # noqa: F401

@@ -10,11 +10,11 @@ from __future__ import annotations
 import colorsys
 import json
 import os
-import shutil
 
 import cv2
 import numpy as np
 
+from ..utils.atomic import write_directory_atomic
 from ..utils.registry import DATASETS
 from .imagenet_token_label import ImageNetTokenLabel
 
@@ -171,12 +171,7 @@ def ensure_demo_dataset(root: str, **params) -> str:
     """
     if os.path.isdir(root):
         return make_demo_dataset(root, **params)  # complete: a no-op; interrupted earlier: refilled
-    tmp = f"{root}.tmp{os.getpid()}"
-    make_demo_dataset(tmp, **params)
-    try:
-        os.rename(tmp, root)
-    except OSError:  # another process got there first
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_directory_atomic(root, lambda tmp: make_demo_dataset(tmp, **params), keep_existing=True)
     return make_demo_dataset(root, **params)
 
 

@@ -8,12 +8,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..token_labels.files import BadLabelError, check_label_map
+from ..token_labels.packing import pack_label_sample
+from ..token_labels.store import LABEL_FORMATS
 from ..utils.registry import DATASETS, TRANSFORMS, ConfigError
 from .faults import FaultLog
 from .image_folder import BadImageError, read_class_list, read_list_file, read_rgb, scan_image_folder
-from .label_files import BadLabelError, check_label_map
-from .label_store import LABEL_FORMATS
-from .token_label import pack_label_sample
 from .transforms import FULL_CROP, to_chw_float
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class ImageNetTokenLabel:
     give the same samples for the same labels.
 
     ``__getitem__`` returns ``(image float32 [3, S, S], packed label float32 [3, k, H, W])``
-    with labels (see ``token_label.pack_label_sample``), else ``(image, int64 class)``.
+    with labels (see ``token_labels.packing.pack_label_sample``), else ``(image, int64 class)``.
     Images the transforms leave as uint8 are returned as float32 in [0, 1].
     Augmentation draws from a ``random.Random`` seeded by (seed, epoch, index, copy), so samples do
     not depend on worker count or access order. The item is an index (copy 0) or, from a sampler doing

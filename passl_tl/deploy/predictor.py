@@ -7,9 +7,8 @@ from typing import Sequence
 import numpy as np
 import paddle
 
-from ..engine import DEFAULTS
+from ..engine.run_config import load_run_config
 from ..models import build_model, load_weights
-from ..utils.config import load_config
 from ..utils.threads import available_cpus
 from .export import METADATA_FILE, read_metadata
 from .preprocess import Preprocessor, config_eval_transforms
@@ -23,7 +22,7 @@ class DygraphPredictor:
     """
 
     def __init__(self, config: str, weights: str, overrides: Sequence[str] = ()):
-        cfg = load_config(config, overrides, DEFAULTS)
+        cfg = load_run_config(config, overrides)
         self.preprocess = Preprocessor(config_eval_transforms(cfg), f"data.val of {cfg.source}")
         self.model = build_model(cfg)
         load_weights(self.model, weights)

@@ -7,15 +7,16 @@ import glob
 import hashlib
 import os
 import re
-from typing import Any, Callable
+from typing import Any
 
 import paddle
 
+from ..utils.atomic import fsync_directory, write_file_atomic
 from ..utils.logger import get_logger
 
 CHECKSUM_SUFFIX = ".sha256"
 # save_atomic's temporary files of the files a run writes (left by a killed process)
-_TEMPORARY = re.compile(r"^(ckpt_e\d+_i\d+\.pdckpt(\.sha256)?|(best|final|final_ema)\.pdparams)\.tmp\d+$")
+_TEMPORARY = re.compile(r"^(ckpt_e\d+_i\d+\.pdckpt(\.sha256)?|(best|best_model|best_ema|final|final_ema)\.pdparams)\.tmp\d+$")
 _CHECKPOINT = re.compile(r"ckpt_e(\d+)_i(\d+)\.pdckpt$")
 
 
@@ -41,31 +42,6 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _fsync_file(path: str) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_directory(directory: str) -> None:
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _replace_atomically(path: str, write: Callable[[str], Any]) -> None:
-    """``write(tmp)``, fsync, rename over ``path``; the temporary file never survives a failure."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _write_text(path: str, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
@@ -83,10 +59,10 @@ def save_atomic(obj: Any, path: str, checksum: bool = False) -> None:
         os.makedirs(directory, exist_ok=True)
         if checksum and os.path.exists(sidecar):
             os.remove(sidecar)
-        _replace_atomically(path, lambda tmp: paddle.save(obj, tmp))
+        write_file_atomic(path, lambda tmp: paddle.save(obj, tmp), fsync=True)
         if checksum:
-            _replace_atomically(sidecar, lambda tmp: _write_text(tmp, file_sha256(path) + "\n"))
-        _fsync_directory(directory)
+            write_file_atomic(sidecar, lambda tmp: _write_text(tmp, file_sha256(path) + "\n"), fsync=True)
+        fsync_directory(directory)
     except OSError as e:
         full = " (disk full)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
         raise OSError(e.errno, f"could not write {path}{full}: {e}; earlier files are intact") from e

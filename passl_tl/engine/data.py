@@ -14,7 +14,7 @@ import paddle
 from .. import datasets  # noqa: F401  (registers the datasets and transforms)
 from ..utils.dist import rank, set_parent_death_signal, world_size
 from ..utils.logger import get_logger
-from ..utils.registry import DATASETS, TRANSFORMS, ConfigError, accepted_arguments
+from ..utils.registry import DATASETS, ConfigError, accepted_arguments
 
 
 class ShardedBatchSampler(paddle.io.BatchSampler):
@@ -149,17 +149,13 @@ def batches(loader: Iterable) -> Iterator:
         threading.excepthook = previous_hook
 
 
-def build_target_builder(cfg: Mapping[str, Any] | None, where: str):
-    return TRANSFORMS.build(cfg, where) if cfg else None
-
-
-def check_data_matches_model(model: paddle.nn.Layer, train_set: Any, val_set: Any,
-                             target: Mapping[str, Any] | None, source: str) -> None:
+def check_data_matches_model(model: paddle.nn.Layer, train_set: Any, val_set: Any, target: Any, source: str) -> None:
     """Fail before any heavy work when model, datasets and targets disagree.
 
-    Checks the class count of every piece, that train and val index classes identically,
-    that validation yields class ids (no ``label_root``), and that the token-label grid
-    matches the model's token grid and is no finer than the label maps (unless ``upsample_labels``).
+    Checks the class count of every dataset, that train and val index classes identically, that
+    validation yields class ids (no ``label_root``), and that the token-label target (``target``, the
+    bound batch stage, which takes the model's token grid) is no finer than the label maps unless
+    it sets ``upsample_labels``.
     """
     num_classes = model.num_classes
     for split, ds in (("train", train_set), ("val", val_set)):
@@ -172,19 +168,10 @@ def check_data_matches_model(model: paddle.nn.Layer, train_set: Any, val_set: An
                           f"same class_list)")
     if val_set is not None and getattr(val_set, "label_root", None):
         raise ConfigError(f"data.val must yield class ids: remove its label_root in {source}")
-    if target:
-        if target.get("num_classes", num_classes) != num_classes:
-            raise ConfigError(f"data.target.num_classes={target['num_classes']} but the model has "
-                              f"num_classes={num_classes} in {source}")
-        size, grid = target.get("label_size", 1), tuple(getattr(model, "grid_size", None) or ())
-        if size > 1 and not grid:
-            raise ConfigError(f"data.target.label_size={size} needs a backbone with a token grid; "
-                              f"{type(model.backbone).__name__} has none in {source}")
-        if size > 1 and grid != (size, size):
-            raise ConfigError(f"data.target.label_size={size} gives a {size}x{size} token-label grid but the "
-                              f"model's token grid is {grid[0]}x{grid[1]} in {source}")
-        label_map = tuple(getattr(train_set, "label_shape", None) or ())[2:]
-        if label_map and size > min(label_map) and not target.get("upsample_labels", False):
-            raise ConfigError(f"data.target.label_size={size} exceeds the {label_map[0]}x{label_map[1]} label maps "
-                              f"of data.train ({getattr(train_set, 'label_root', '')}) in {source}; lower it or set "
-                              f"data.target.upsample_labels: true to sample the maps finer (official fine-tuning)")
+    size = getattr(target, "label_size", None)
+    label_map = tuple(getattr(train_set, "label_shape", None) or ())[2:]
+    if size and label_map and size > min(label_map) and not target.upsample_labels:
+        raise ConfigError(f"the model's {size}x{size} token grid (the token-label size) is finer than the "
+                          f"{label_map[0]}x{label_map[1]} label maps of data.train ({getattr(train_set, 'label_root', '')}) "
+                          f"in {source}; set batch.target.upsample_labels: true to sample the maps finer (official "
+                          f"fine-tuning)")

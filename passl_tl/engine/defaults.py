@@ -16,14 +16,20 @@ DEFAULTS = {
         "repeated_augmentation": 1,  # DeiT's repeated augmentation: 3 (needs several processes)
         "train": {},              # a dataset mapping (name: ...)
         "val": {},                # a dataset mapping (name: ...)
-        "target": {},             # batch target builder, e.g. TokenLabelTargets
+    },
+    # What the trainer makes of each loader batch, in this order (any stage may be null).
+    "batch": {
+        "target": None,           # labels -> targets: TokenLabelTargets (token labels), SoftTargets (class ids)
+        "mixup": None,            # Mixup (Mixup/CutMix of images and targets)
+        "teacher": None,          # Teacher (distillation: the teacher's logits)
+        "mixtoken": None,         # MixToken (a box of tokens swapped inside the model)
     },
     "optimizer": {"name": "AdamW", "lr": 1.6e-3, "weight_decay": 0.05},
+    "optim_wrapper": {"accumulate_steps": 1, "max_nonfinite_steps": 10},
     "lr_scheduler": {"name": "CosineWarmup", "warmup_epochs": 5, "warmup_lr": 1e-6, "min_lr": 1e-5,
                      "cooldown_epochs": 10},
     "hooks": {
         "lr_scheduler": {"name": "LRSchedulerHook"},
-        "optimizer": {"name": "OptimizerHook"},
         "logger": {"name": "LoggerHook", "interval": 50},
         "evaluate": {"name": "EvaluateHook", "interval": 1},
         "checkpoint": {"name": "CheckpointHook", "interval": 1, "keep_last": 5},

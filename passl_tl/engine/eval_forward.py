@@ -5,6 +5,18 @@ kernels do not use oneDNN).
 ``eval_backend`` (config key): ``"dygraph"``, ``"onednn"`` or ``"auto"`` (oneDNN on the CPU
 without AMP when the Paddle build has it, else dygraph). oneDNN sums in another order than the
 dygraph kernels: logits agree to ~1e-6 relative, not bit for bit.
+
+On the CPU both backends run one image at a time, so that an image's logits do not depend on the
+batch it arrives in (validation batch size, process count, last partial batch). Batched, they do:
+the GEMM kernels (MKL's sgemm in dygraph, oneDNN's ``gemm:jit`` matmuls of attention) choose their
+blocking, and with it the summation order, from the row count M = images x tokens and a row's place
+in its tile, which moves logits by up to ~3e-7 and can flip top-1 on near-ties. Padding batches to
+a fixed size does not help (an image's place in the tile still varies). The price: Paddle
+Inference's fixed cost per run (~6 ms) and batch-1 GEMMs that split less well over threads, ~10-25%
+of eval speed for LV-ViT-T at 224 px, about 3x at the 64 px demo. oneDNN's sums also depend on the
+thread count (dygraph's at batch 1 do not): bit-identical oneDNN results need the same ``threads``.
+On a GPU images stay batched (cuBLAS/cuDNN are not bit-stable across shapes either, and a GPU needs
+batches).
 """
 from __future__ import annotations
 
@@ -12,12 +24,14 @@ import os
 import tempfile
 from typing import Callable
 
+import numpy as np
 import paddle
 
 from ..utils.registry import ConfigError
 from ..utils.threads import cpu_threads, set_cpu_threads
 
 EVAL_BACKENDS = ("auto", "dygraph", "onednn")
+Forward = Callable[[paddle.Tensor], paddle.Tensor]  # images -> logits
 
 
 def resolve_eval_backend(backend: str, amp: bool) -> str:
@@ -37,9 +51,10 @@ def resolve_eval_backend(backend: str, amp: bool) -> str:
 
 
 class OneDNNForward:
-    """Calls ``model``'s eval forward through a Paddle Inference predictor with oneDNN. The program
-    is saved from the weights as they are at the first call (for each image size met), so build
-    one per evaluation. It uses the CPU thread count set by ``set_cpu_threads``."""
+    """Calls ``model``'s eval forward through a Paddle Inference predictor with oneDNN, one image at a
+    time (see the module docstring). The program is saved from the weights as they are at the first
+    call (for each image size met), so build one per evaluation. It uses the CPU thread count set by
+    ``set_cpu_threads``."""
 
     def __init__(self, model: paddle.nn.Layer):
         self.model = model
@@ -50,24 +65,32 @@ class OneDNNForward:
         key = tuple(images.shape[1:])
         if key not in self._predictors:
             with tempfile.TemporaryDirectory(prefix="passl_tl_eval_") as tmp:
-                program, params = save_program(self.model, os.path.join(tmp, "model"), [None, *key])
+                program, params = save_program(self.model, os.path.join(tmp, "model"), [1, *key])
                 self._predictors[key] = create_cpu_predictor(program, params, cpu_threads(), onednn=True)
+        batch = images.numpy()
         try:
-            logits = run_predictor(self._predictors[key], images.numpy())
+            logits = [run_predictor(self._predictors[key], batch[i:i + 1]) for i in range(len(batch))]
         finally:
             set_cpu_threads(cpu_threads())  # a predictor run leaves the math library's threads set its way
-        return paddle.to_tensor(logits)
+        return paddle.to_tensor(np.concatenate(logits))
 
 
-def eval_forward(model: paddle.nn.Layer, backend: str,
-                 amp_context: Callable | None = None) -> Callable[[paddle.Tensor], paddle.Tensor]:
-    """``images -> logits`` for ``model`` in eval mode on the resolved ``backend``."""
+def one_image_at_a_time(forward: Forward) -> Forward:
+    """``forward`` applied to each image of a batch on its own, the logits concatenated in order."""
+    def run(images: paddle.Tensor) -> paddle.Tensor:
+        return paddle.concat([forward(images[i:i + 1]) for i in range(images.shape[0])])
+    return run
+
+
+def eval_forward(model: paddle.nn.Layer, backend: str, amp_context: Callable | None = None) -> Forward:
+    """``images -> logits`` for ``model`` in eval mode on the resolved ``backend``; on the CPU each
+    image's logits are independent of the others in its batch."""
     if resolve_eval_backend(backend, amp_context is not None) == "onednn":
         return OneDNNForward(model)
-    if amp_context is None:
-        return model
 
     def forward(images: paddle.Tensor) -> paddle.Tensor:
+        if amp_context is None:
+            return model(images)
         with amp_context():
             return model(images)
-    return forward
+    return one_image_at_a_time(forward) if paddle.get_device().startswith("cpu") else forward

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable
 
+import numpy as np
 import paddle
 
 from ..utils.dist import all_reduce_sum, world_size
@@ -13,9 +14,11 @@ from .eval_forward import eval_forward
 
 @paddle.no_grad()
 def evaluate(model: paddle.nn.Layer, loader: Iterable, amp_context: Callable | None = None,
-             backend: str = "dygraph") -> dict[str, float]:
+             backend: str = "dygraph", logits: list[np.ndarray] | None = None) -> dict[str, float]:
     """Accuracy of ``model`` (eval mode) over ``loader``; the loader shards without padding.
-    ``backend``: see ``eval_forward`` (``img_per_s`` includes compiling the program for oneDNN)."""
+    ``backend``: see ``eval_forward`` (``img_per_s`` includes compiling the program for oneDNN).
+    ``logits``: a list that receives each batch's logits (float32, this process's images in the
+    loader's order), for checking them image by image."""
     was_training = model.training
     model.eval()
     correct1 = correct5 = count = 0.0
@@ -23,10 +26,11 @@ def evaluate(model: paddle.nn.Layer, loader: Iterable, amp_context: Callable | N
     try:
         forward = eval_forward(model, backend, amp_context)
         for images, labels in batches(loader):
-            logits = forward(images)
+            batch_logits = forward(images).astype("float32")
+            if logits is not None:
+                logits.append(batch_logits.numpy())
             labels = labels.reshape([-1, 1]).astype("int64")
-            k = min(5, logits.shape[-1])
-            top = paddle.topk(logits.astype("float32"), k=k, axis=-1)[1]
+            top = paddle.topk(batch_logits, k=min(5, batch_logits.shape[-1]), axis=-1)[1]
             hits = (top == labels).astype("float32")
             correct1 += float(hits[:, 0].sum())
             correct5 += float(hits.sum())

@@ -1,25 +1,30 @@
-"""A generic trainer: it runs the loop and the forward pass; everything else is a hook."""
+"""The trainer: the loop, the batch pipeline and the training step; hooks act around the step."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 from typing import Any, Callable, Mapping
 
 import paddle
 
+from ..batch import mixup, soft_targets, teacher  # noqa: F401  (registers the batch stages)
+from ..batch.pipeline import Batch, BatchPipeline, Step
 from ..models import set_state_strict
+from ..token_labels import mixtoken, targets  # noqa: F401  (registers the batch stages)
 from ..utils.config import Config, ConfigError
 from ..utils.dist import is_main, rank, world_size
 from ..utils.logger import get_logger
-from ..utils.registry import DATASETS, HOOKS, LR_SCHEDULERS, OPTIMIZERS, TRANSFORMS
+from ..utils.registry import DATASETS, HOOKS, LR_SCHEDULERS, OPTIMIZERS, TRANSFORMS, check_arguments
 from ..utils.seeding import derived_seed
 from .checkpoint import (list_checkpoints, load_checkpoint, load_latest_checkpoint, portable_optimizer_state,
                          restore_optimizer_state)
-from .data import batches, build_dataset, build_loader, build_target_builder, check_data_matches_model
+from .data import batches, build_dataset, build_loader, check_data_matches_model
 from .fixed_batches import FixedBatches
 from .hooks.hook import Hook
 from .hooks.lr_scheduler import LRSchedulerHook
+from .optim_wrapper import OptimWrapper
 
 AMP_DTYPES = ("float16", "bfloat16")
 
@@ -34,19 +39,31 @@ def amp_context_from(cfg: Mapping[str, Any]) -> Callable | None:
     return functools.partial(paddle.amp.auto_cast, enable=True, level="O1", dtype=cfg["dtype"])
 
 
-class Trainer:
-    """Sequences hooks around ``forward -> loss`` for every batch of every epoch.
+# Components that were hooks before the step and the batch became the trainer's: where they went.
+MOVED_HOOKS = {"OptimizerHook": "optim_wrapper (accumulate_steps, max_nonfinite_steps)",
+               "MixTokenHook": "batch.mixtoken ({name: MixToken})", "MixupHook": "batch.mixup ({name: Mixup})",
+               "DistillationHook": "batch.teacher ({name: Teacher, teacher: ..., weights: ...})"}
 
-    State the hooks read and write: ``epoch``, ``iter`` (index in the epoch), ``global_step``,
-    ``images`` and ``targets`` of the batch (Mixup rewrites both), ``mix_box`` (set by MixToken),
-    ``loss``, ``outputs``, ``optimizer_stepped`` and ``nonfinite_steps`` (set by the optimizer hook),
-    ``metrics``.
-    """
+
+@dataclasses.dataclass(frozen=True)
+class StepOutputs:
+    """What one training step gives the hooks: the loss, the model's training outputs, and whether the
+    optimizer stepped (False inside an accumulation group or when a non-finite step was skipped)."""
+
+    loss: paddle.Tensor
+    outputs: Any
+    stepped: bool
+
+
+class Trainer:
+    """The loop: for every loader batch, the batch pipeline builds the :class:`Batch` (targets, Mixup/CutMix,
+    teacher, MixToken), :meth:`train_step` runs forward, loss and the update (:class:`OptimWrapper`), and
+    hooks act around it (LR, EMA, logging, evaluation, checkpoints), seeing the batch and the step's
+    outputs. Hook order among themselves is their ``priority``; nothing a hook does changes the step."""
 
     def __init__(self, cfg: Config, model: paddle.nn.Layer, train_loader: paddle.io.DataLoader | FixedBatches,
-                 val_loader: paddle.io.DataLoader | None, optimizer: paddle.optimizer.Optimizer,
-                 lr_scheduler: Any, hooks: Mapping[str, Hook], target_builder: Callable | None = None,
-                 scaler: paddle.amp.GradScaler | None = None):
+                 val_loader: paddle.io.DataLoader | None, optim_wrapper: OptimWrapper, lr_scheduler: Any,
+                 hooks: Mapping[str, Hook], batch_pipeline: BatchPipeline):
         self.cfg = cfg
         self.seed = int(cfg["seed"])
         self.rank = rank()
@@ -54,26 +71,25 @@ class Trainer:
         self.model_without_ddp = model
         self.model = paddle.DataParallel(model) if world_size() > 1 else model
         self.train_loader, self.val_loader = train_loader, val_loader
-        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
-        self.target_builder = target_builder
-        self.scaler = scaler
+        self.optim_wrapper, self.lr_scheduler = optim_wrapper, lr_scheduler
         self.amp_context = amp_context_from(cfg["amp"])
         self.hooks = dict(sorted(hooks.items(), key=lambda item: item[1].priority))
         if not any(isinstance(h, LRSchedulerHook) for h in self.hooks.values()) and is_main():
             get_logger().warning("no LRSchedulerHook configured: the learning rate stays at the optimizer's lr")
         self.max_epochs = lr_scheduler.total_epochs
         self.iters_per_epoch = len(train_loader.batch_sampler)
-        self.batch_size = train_loader.batch_sampler.batch_size
-        self.grid_size = getattr(model, "grid_size", None)
+        self.batch_pipeline = batch_pipeline  # bound to the model (see from_config)
+        mixtoken = batch_pipeline.get("mixtoken")
+        if mixtoken is not None:
+            mixtoken.check_steps(self.max_epochs * self.iters_per_epoch)
         self.ema = None
         self.epoch = self.iter = self.global_step = 0
         self.start_epoch = self.start_iter = 0
-        self.images = self.targets = self.mix_box = None
-        self.loss = self.outputs = None
-        self.optimizer_stepped = False
-        self.nonfinite_steps = 0  # optimizer steps skipped in a row for a non-finite gradient
-        self.accumulate_steps = 1
         self.metrics: dict[str, Any] = {}
+
+    @property
+    def optimizer(self) -> paddle.optimizer.Optimizer:
+        return self.optim_wrapper.optimizer
 
     @classmethod
     def from_config(cls, cfg: Config, model: paddle.nn.Layer,
@@ -88,16 +104,18 @@ class Trainer:
         val_set = build_dataset(data["val"], f"data.val of {cfg.source}", cfg["seed"]) if data["val"] else None
         val_loader = (build_loader(val_set, data["val_batch_size"], data["num_workers"], False, cfg["seed"])
                       if val_set is not None else None)
+        batch_pipeline = BatchPipeline.from_config(cfg["batch"], cfg.source).bind(
+            model, amp_context_from(cfg["amp"]))
+        check_data_matches_model(model, train_set, val_set, batch_pipeline.get("target"), cfg.source)
         optimizer = OPTIMIZERS.build(cfg["optimizer"], f"optimizer of {cfg.source}", model=model)
         lr_scheduler = LR_SCHEDULERS.build(cfg["lr_scheduler"], f"lr_scheduler of {cfg.source}",
                                            base_lr=cfg["optimizer"]["lr"], epochs=cfg["epochs"])
-        check_data_matches_model(model, train_set, val_set, data["target"], cfg.source)
-        hooks = {key: HOOKS.build(h, f"hooks.{key} of {cfg.source}") for key, h in cfg["hooks"].items() if h}
         amp = cfg["amp"]
         scaler = (paddle.amp.GradScaler(init_loss_scaling=amp["init_loss_scaling"])
                   if amp["enable"] and amp["dtype"] == "float16" else None)
-        target_builder = build_target_builder(data["target"], f"data.target of {cfg.source}")
-        return cls(cfg, model, train_loader, val_loader, optimizer, lr_scheduler, hooks, target_builder, scaler)
+        optim_wrapper = OptimWrapper(optimizer, scaler, **cfg["optim_wrapper"])
+        hooks = {key: HOOKS.build(h, f"hooks.{key} of {cfg.source}") for key, h in cfg["hooks"].items() if h}
+        return cls(cfg, model, train_loader, val_loader, optim_wrapper, lr_scheduler, hooks, batch_pipeline)
 
     @staticmethod
     def check_config(cfg: Config, evaluate_only: bool = False) -> None:
@@ -112,11 +130,18 @@ class Trainer:
                     TRANSFORMS.check(spec, f"{where} transforms[{i}]")
         if evaluate_only:
             return
-        if data["target"]:
-            TRANSFORMS.check(data["target"], f"data.target of {cfg.source}")
+        BatchPipeline.check_config(cfg["batch"], cfg.source)
         OPTIMIZERS.check(cfg["optimizer"], f"optimizer of {cfg.source}", supplied=["model"])
         LR_SCHEDULERS.check(cfg["lr_scheduler"], f"lr_scheduler of {cfg.source}", supplied=["base_lr", "epochs"])
+        if not isinstance(cfg["optim_wrapper"], Mapping):  # the step cannot be switched off
+            raise ConfigError(f"optim_wrapper of {cfg.source} must be a mapping (accumulate_steps, "
+                              f"max_nonfinite_steps), got {cfg['optim_wrapper']!r}")
+        check_arguments(OptimWrapper, cfg["optim_wrapper"], f"optim_wrapper of {cfg.source}",
+                        supplied={"optimizer": None})
         for key, hook in cfg["hooks"].items():
+            if hook and hook.get("name") in MOVED_HOOKS:
+                raise ConfigError(f"hooks.{key} ({hook['name']}) in {cfg.source}: the training step and the batch "
+                                  f"are the trainer's, not hooks; configure {MOVED_HOOKS[hook['name']]} instead")
             if hook:
                 HOOKS.check(hook, f"hooks.{key} of {cfg.source}")
 
@@ -137,22 +162,28 @@ class Trainer:
             first = self.start_iter if epoch == self.start_epoch else 0
             for self.iter, (images, labels) in enumerate(batches(self.train_loader), start=first):
                 self.global_step = epoch * self.iters_per_epoch + self.iter
-                self.images = images
-                self.targets = self.target_builder(labels) if self.target_builder is not None else labels
-                self._call("before_train_iter")
-                self.train_step()
-                self._call("after_train_iter")
+                batch = self.batch_pipeline(images, labels, Step(self.seed, self.rank, self.global_step))
+                self._call("before_train_iter", batch)
+                outputs = self.train_step(batch)
+                self._call("after_train_iter", batch, outputs)
             self._call("after_train_epoch")
         self._call("after_run")
         return self.metrics
 
-    def train_step(self) -> None:
-        """Forward and loss of the current batch (``images``, ``targets``, as the hooks left them);
-        backward and the update are the optimizer hook's."""
+    def train_step(self, batch: Batch) -> StepOutputs:
+        """Forward (with the batch's MixToken box), loss, and the update of one batch."""
         paddle.seed(derived_seed(self.seed, self.rank, self.global_step, 0))  # drop path / dropout
         with (self.amp_context() if self.amp_context else contextlib.nullcontext()):
-            self.outputs = self.model(self.images, mix_box=self.mix_box)
-            self.loss = self.model_without_ddp.loss(self.outputs, self.targets, self.mix_box)
+            outputs = self.model(batch.images, mix_box=batch.mix_box)
+            loss = self.model_without_ddp.loss(outputs, batch)
+        where = f"epoch {self.epoch} iteration {self.iter + 1} (step {self.global_step})"
+        stepped = self.optim_wrapper.update(loss, self.iter, self.iters_per_epoch, where, self._newest_checkpoint)
+        return StepOutputs(loss, outputs, stepped)
+
+    def _newest_checkpoint(self) -> str:
+        kept = list_checkpoints(self.output_dir)
+        return (f"No checkpoint was written since the first of them; the newest is "
+                f"{kept[-1] if kept else 'none'}.")
 
     def _set_epoch(self, epoch: int, start_iter: int) -> None:
         sampler = self.train_loader.batch_sampler
@@ -161,13 +192,13 @@ class Trainer:
         if hasattr(self.train_loader.dataset, "set_epoch"):
             self.train_loader.dataset.set_epoch(epoch)
 
-    def _call(self, point: str) -> None:
+    def _call(self, point: str, *args: Any) -> None:
         for hook in self.hooks.values():
-            getattr(hook, point)(self)
+            getattr(hook, point)(self, *args)
 
     # ----------------------------------------------------------- checkpoints
     def best_model(self) -> paddle.nn.Layer:
-        """The model whose metrics are tracked: the EMA when there is one (official recipe)."""
+        """The model whose metrics are tracked: the EMA when the evaluation tracks it (LV-ViT, T2T-ViT), else the model."""
         return self.ema.module if self.ema is not None and self.metrics.get("tracked") == "ema" \
             else self.model_without_ddp
 
@@ -175,7 +206,8 @@ class Trainer:
         return {
             "model": self.model_without_ddp.state_dict(),
             "optimizer": portable_optimizer_state(self.optimizer.state_dict(), self.model_without_ddp),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "scaler": self.optim_wrapper.scaler.state_dict() if self.optim_wrapper.scaler is not None else None,
+            "accumulate_steps": self.optim_wrapper.accumulate_steps,
             "hooks": {key: h.state_dict() for key, h in self.hooks.items()},
             "epoch": epoch,
             "iters_done": iters_done,
@@ -202,8 +234,11 @@ class Trainer:
                              f"or process count changed)")
         set_state_strict(self.model_without_ddp, state["model"], path)
         self.optimizer.set_state_dict(restore_optimizer_state(state["optimizer"], self.model_without_ddp))
-        if self.scaler is not None and state["scaler"] is not None:
-            self.scaler.load_state_dict(state["scaler"])
+        if state["accumulate_steps"] != self.optim_wrapper.accumulate_steps:
+            raise ConfigError(f"cannot resume from {path}: it was written with optim_wrapper.accumulate_steps="
+                              f"{state['accumulate_steps']}, this run has {self.optim_wrapper.accumulate_steps}")
+        if self.optim_wrapper.scaler is not None and state["scaler"] is not None:
+            self.optim_wrapper.scaler.load_state_dict(state["scaler"])
         for key, hook in self.hooks.items():
             saved = state["hooks"].get(key)
             if saved is None and hook.state_dict():

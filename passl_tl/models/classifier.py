@@ -6,6 +6,7 @@ from typing import Any, Mapping, Sequence
 import paddle.nn as nn
 from paddle import Tensor
 
+from ..batch.pipeline import Batch
 from ..utils.registry import BACKBONES, HEADS, MODELS, ConfigError, accepted_arguments
 
 
@@ -14,7 +15,7 @@ class Classifier(nn.Layer):
     """``backbone`` and ``head`` are registry configs; the head gets ``in_channels=backbone.embed_dim``.
 
     ``forward(x, mix_box)``: eval mode → logits ``[B, num_classes]``; train mode → the head's
-    training outputs (for ``loss``).
+    training outputs (for ``loss``; a token-label head's carry the MixToken box).
     """
 
     def __init__(self, backbone: Mapping[str, Any], head: Mapping[str, Any]):
@@ -27,6 +28,11 @@ class Classifier(nn.Layer):
         return self.head.num_classes
 
     @property
+    def img_size(self) -> tuple[int, int] | None:
+        """The input size ``(height, width)`` the backbone was built for (None: any, e.g. a CNN)."""
+        return getattr(self.backbone, "img_size", None)
+
+    @property
     def grid_size(self) -> tuple[int, int] | None:
         """The backbone's token grid (rows, cols), on which MixToken boxes are drawn."""
         return self.backbone.grid_size
@@ -36,8 +42,11 @@ class Classifier(nn.Layer):
             mix_box = None  # MixToken is a training augmentation (as official)
         return self.head(self.backbone(x, mix_box), self.backbone.grid_size, mix_box)
 
-    def loss(self, outputs: Any, target: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:
-        return self.head.loss(outputs, target, mix_box)
+    def loss(self, outputs: Any, batch: Batch) -> Tensor:
+        """The head's loss of ``outputs`` against the batch's targets (and teacher logits, for distillation)."""
+        if batch.teacher_logits is None:
+            return self.head.loss(outputs, batch.targets)
+        return self.head.loss(outputs, batch.targets, batch.teacher_logits)
 
     def dense_logits(self, x: Tensor) -> Tensor:
         """Eval-mode logits ``[B, K, H, W]`` at every position of the backbone's last feature map

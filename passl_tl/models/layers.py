@@ -1,14 +1,15 @@
-"""Vision-transformer building blocks (attention, MLP, blocks, drop path, init, torch-style BatchNorm)."""
+"""Vision-transformer building blocks (attention, MLP, blocks, drop path, init, torch-style BatchNorm).
+
+Their memory-lean training steps are in ``lean_backward``."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
-
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
-from paddle import Tensor, _C_ops
-from paddle.autograd import PyLayer
+from paddle import Tensor
+
+from . import lean_backward
 
 
 # ----------------------------------------------------------------------------- init helpers
@@ -61,6 +62,12 @@ def init_vit_weights(layer: nn.Layer) -> None:
         torch_default_conv_init_(layer)
 
 
+def freeze(param: Tensor) -> Tensor:
+    """Exclude a parameter from training (it stays in the state dict and the parameter count)."""
+    param.stop_gradient = True
+    return param
+
+
 # ----------------------------------------------------------------------------- layers
 
 class TorchBatchNorm2D(nn.BatchNorm2D):
@@ -87,17 +94,6 @@ class TorchBatchNorm2D(nn.BatchNorm2D):
         return out
 
 
-# Paddle versions whose gradient kernels (``_C_ops.*_grad``) the memory-lean backward steps were written and
-# tested against; elsewhere plain autograd runs (same numbers, more memory kept for the backward).
-LEAN_BACKWARD_VERSIONS = ("3.3.",)
-
-
-def lean_backward(training: bool) -> bool:
-    """Whether a layer may use its memory-lean backward step: training, outside AMP, on a tested Paddle."""
-    return (training and paddle.__version__.startswith(LEAN_BACKWARD_VERSIONS)
-            and not paddle.amp.is_autocast_enabled())
-
-
 class DropPath(nn.Layer):
     """Stochastic depth: drop the whole residual branch of a sample with probability ``drop_prob``."""
 
@@ -109,50 +105,22 @@ class DropPath(nn.Layer):
         return self.add_to(None, x)
 
     def add_to(self, residual: Tensor | None, x: Tensor, divisor: float = 1.0) -> Tensor:
-        """``residual + drop_path(x) / divisor`` (``residual`` None: the scaled branch alone).
-
-        In training it is one step writing into a single new tensor, whose backward keeps only the
-        per-sample mask (autograd of these ops would also keep ``x``, a full-size branch)."""
+        """``residual + drop_path(x) / divisor`` (``residual`` None: the scaled branch alone); in training one
+        lean step, whose backward keeps only the per-sample mask."""
         if self.drop_prob == 0.0 or not self.training:
             out = x if divisor == 1.0 else x / divisor
             return out if residual is None else residual + out
         keep = 1.0 - self.drop_prob
         mask = paddle.bernoulli(paddle.full([x.shape[0]] + [1] * (x.ndim - 1), keep, dtype=x.dtype))
-        if residual is not None and residual.dtype != x.dtype:  # (AMP) the sum takes the wider type
-            return residual + _DropPath.apply(x, mask, keep, divisor, None)
-        return _DropPath.apply(x, mask, keep, divisor, residual)
+        return lean_backward.drop_path_add(residual, x, mask, keep, divisor)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
 
 
-class _DropPath(PyLayer):
-    """``residual + x * mask / keep / divisor`` by these ops in this order (the sum commuted), in place after
-    the first, so the values are bit-identical; the backward keeps only ``mask`` and runs autograd's ops."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, mask: Tensor, keep: float, divisor: float, residual: Tensor | None) -> Tensor:
-        ctx.save_for_backward(mask)
-        ctx.divisors = [keep] if divisor == 1.0 else [keep, divisor]
-        ctx.needs_grad = [not t.stop_gradient for t in (x, mask, residual) if t is not None]
-        out = x * mask
-        for d in ctx.divisors:
-            out.divide_(paddle.full([], d, dtype=out.dtype))
-        return out if residual is None else out.add_(residual)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        (mask,) = ctx.saved_tensor()
-        grad_x = grad / ctx.divisors[-1]
-        for d in ctx.divisors[-2::-1]:
-            grad_x.divide_(paddle.full([], d, dtype=grad_x.dtype))
-        grads = (grad_x.multiply_(mask), None, grad)
-        return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_grad))
-
-
 class Mlp(nn.Layer):
-    """fc1 → act → dropout → fc2 → dropout (in training with GELU and no dropout, gelu → fc2 is one
-    step whose backward keeps only fc1's output)."""
+    """fc1 → act → dropout → fc2 → dropout (without dropout, act → fc2 is one lean step, whose backward keeps
+    only fc1's output when act is GELU)."""
 
     def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
                  act_layer: type[nn.Layer] = nn.GELU, drop: float = 0.0):
@@ -164,34 +132,9 @@ class Mlp(nn.Layer):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        hidden = self.fc1(x)
-        if lean_backward(self.training) and isinstance(self.act, nn.GELU) and self.drop.p == 0:
-            return _GeluLinear.apply(hidden, self.fc2.weight, self.fc2.bias, self.act._approximate)
-        return self.drop(self.fc2(self.drop(self.act(hidden))))
-
-
-class _GeluLinear(PyLayer):
-    """``linear(gelu(h), weight, bias)`` whose backward keeps ``h`` but not ``gelu(h)``, recomputing that
-    (elementwise, cheap) instead: one ``[B, N, hidden]`` tensor less per MLP (9 MB a block for LV-ViT-T at
-    batch 16). The backward runs autograd's own kernels (add_grad, matmul_grad, gelu_grad), so the
-    gradients are bit-identical."""
-
-    @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor, approximate: bool) -> Tensor:
-        ctx.approximate = approximate
-        ctx.needs_grad = [not t.stop_gradient for t in (hidden, weight, bias)]
-        ctx.save_for_backward(hidden, weight, bias)
-        return F.linear(F.gelu(hidden, approximate), weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        hidden, weight, bias = ctx.saved_tensor()
-        # add_grad reads only the shape of its first input (the matmul product, shaped like grad)
-        grad_product, grad_bias = _C_ops.add_grad(grad, bias, grad, -1)
-        grad_activated, grad_weight = _C_ops.matmul_grad(F.gelu(hidden, ctx.approximate), weight, grad_product,
-                                                         False, False)
-        grads = (_C_ops.gelu_grad(hidden, grad_activated, ctx.approximate), grad_weight, grad_bias)
-        return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_grad))
+        if self.drop.p:
+            return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        return lean_backward.act_linear(self.fc1(x), self.act, self.fc2)
 
 
 class Attention(nn.Layer):
@@ -222,15 +165,8 @@ class Attention(nn.Layer):
 
     def forward(self, x: Tensor) -> Tensor:
         B, N, _ = x.shape
-        # one unbind (a single backward node) rather than three slices, each of whose backward
-        # writes a zero-filled full-size qkv gradient
-        q, k, v = paddle.unbind(
-            self.qkv(x).reshape([B, N, 3, self.num_heads, self.head_dim]).transpose([2, 0, 3, 1, 4]), axis=0)
-        if self.training:
-            # k and v are views of the whole qkv output, which their matmuls' backward would keep; as
-            # tensors of their own it keeps two thirds of that (q * scale keeps no q)
-            k, v = k.contiguous(), v.contiguous()
-        attn = F.softmax(paddle.matmul(q * self.scale, k, transpose_y=True), axis=-1)
+        q, k, v = lean_backward.qkv_heads(self.qkv(x), self.num_heads, self.head_dim, self.training)
+        attn = F.softmax(paddle.matmul(q * self.scale, k, transpose_y=True), axis=-1)  # q * scale keeps no q
         x = paddle.matmul(self.attn_drop(attn), v).transpose([0, 2, 1, 3]).reshape([B, N, -1])
         x = self.proj_drop(self.proj(x))
         return x + v.transpose([0, 2, 1, 3]).reshape([B, N, -1]) if self.value_skip else x
@@ -254,44 +190,3 @@ class Block(nn.Layer):
     def forward(self, x: Tensor) -> Tensor:
         x = self.drop_path.add_to(x, self.attn(self.norm1(x)), self.skip_lam)
         return self.drop_path.add_to(x, self.mlp(self.norm2(x)), self.skip_lam)
-
-
-# ----------------------------------------------------------------------------- MixToken
-
-def flip_box(x: Tensor, box: Sequence[int] | None, row_axis: int) -> Tensor:
-    """Inside ``box`` = (x1, y1, x2, y2), give sample i the values of sample B−1−i.
-
-    The box covers indices x1:x2 of ``row_axis`` and y1:y2 of the axis after it (MixToken's
-    convention). ``None`` or an empty box returns ``x`` itself. Applying it twice is the identity.
-    """
-    if box is None:
-        return x
-    x1, y1, x2, y2 = (int(v) for v in box)
-    col_axis = row_axis + 1
-    rows, cols = x.shape[row_axis], x.shape[col_axis]
-    if not (0 <= x1 <= x2 <= rows and 0 <= y1 <= y2 <= cols):
-        raise ValueError(f"box {tuple(box)} does not fit a {rows}x{cols} grid")
-    if x1 == x2 or y1 == y2:
-        return x
-    band = paddle.slice(x, [row_axis], [x1], [x2])
-    inside = paddle.flip(paddle.slice(band, [col_axis], [y1], [y2]), axis=0)
-    return _replace_span(x, row_axis, x1, x2, _replace_span(band, col_axis, y1, y2, inside))
-
-
-def tokens_with_prefix(patches: Tensor, grid_size: Sequence[int], prefix: Sequence[Tensor], pos_embed: Tensor,
-                       mix_box: Sequence[int] | None = None) -> Tensor:
-    """Patch tokens ``[B, N, D]`` (row-major over ``grid_size``) → ``[B, P + N, D]``: the MixToken box
-    swapped on the grid, the ``P`` prefix tokens (cls, DeiT's dist) in front, ``pos_embed`` added."""
-    B, N, D = patches.shape
-    rows, cols = grid_size
-    if N != rows * cols:
-        raise ValueError(f"these images give {N} patch tokens, the model was built for a {rows}x{cols} token grid")
-    x = flip_box(patches.reshape([B, rows, cols, D]), mix_box, row_axis=1).reshape([B, N, D])
-    return paddle.concat([*(t.expand([B, -1, -1]) for t in prefix), x], axis=1) + pos_embed
-
-
-def _replace_span(x: Tensor, axis: int, start: int, stop: int, middle: Tensor) -> Tensor:
-    """``x`` with indices start:stop along ``axis`` replaced by ``middle``."""
-    before = paddle.slice(x, [axis], [0], [start])
-    after = paddle.slice(x, [axis], [stop], [x.shape[axis]])
-    return paddle.concat([before, middle, after], axis=axis)

@@ -34,7 +34,7 @@ def load_weights(model: nn.Layer, path: str, skip_mismatched_head: bool = False,
     if path.endswith(".pdparams"):
         if use_ema:
             raise ConfigError(f"{path}: use_ema applies to official checkpoints; our EMA weights are their "
-                              f"own files (final_ema.pdparams, or best.pdparams when EMA was tracked)")
+                              f"own files (final_ema.pdparams, best_ema.pdparams)")
         state, layout = dict(paddle.load(path)), "paddle state dict"
     elif path.endswith(TORCH_SUFFIXES):
         official, layout = select_state_dict(load_torch_file(path), path, use_ema=use_ema)

@@ -116,7 +116,7 @@ def apply_override(cfg: dict, keys: list[str], value: Any, source: str) -> None:
 
     A key that does not exist is accepted only inside a component mapping (one with a
     ``name``), whose accepted keys are checked when the component is built, or as a new
-    component of a collection of components (``-o hooks.mixup={name: MixupHook}``).
+    component of a collection of components (``-o hooks.ema={name: EMAHook}``).
     """
     node = cfg
     for i, key in enumerate(keys[:-1]):

@@ -9,7 +9,8 @@ from ..ema import ModelEMA
 from .hook import Hook
 
 if TYPE_CHECKING:
-    from ..trainer import Trainer
+    from ...batch.pipeline import Batch
+    from ..trainer import StepOutputs, Trainer
 
 
 @HOOKS.register
@@ -26,8 +27,8 @@ class EMAHook(Hook):
         self.ema = ModelEMA(trainer.model_without_ddp, self.decay)
         trainer.ema = self.ema
 
-    def after_train_iter(self, trainer: "Trainer") -> None:
-        if trainer.optimizer_stepped:  # one EMA step per optimizer step
+    def after_train_iter(self, trainer: "Trainer", batch: "Batch", outputs: "StepOutputs") -> None:
+        if outputs.stepped:  # one EMA step per optimizer step
             self.ema.update(trainer.model_without_ddp)
 
     def state_dict(self) -> dict:

@@ -4,11 +4,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..trainer import Trainer
+    from ...batch.pipeline import Batch
+    from ..trainer import StepOutputs, Trainer
 
 
 class Hook:
-    """Override the points you need. Lower ``priority`` runs first at every point."""
+    """What happens around the training step (LR, EMA, logging, evaluation, checkpoints): override the
+    points you need. Hooks see the batch and the step's outputs; the step itself is the trainer's.
+    Lower ``priority`` runs first at every point."""
 
     priority: int = 50
 
@@ -18,10 +21,10 @@ class Hook:
     def before_train_epoch(self, trainer: "Trainer") -> None:
         pass
 
-    def before_train_iter(self, trainer: "Trainer") -> None:
+    def before_train_iter(self, trainer: "Trainer", batch: "Batch") -> None:
         pass
 
-    def after_train_iter(self, trainer: "Trainer") -> None:
+    def after_train_iter(self, trainer: "Trainer", batch: "Batch", outputs: "StepOutputs") -> None:
         pass
 
     def after_train_epoch(self, trainer: "Trainer") -> None:

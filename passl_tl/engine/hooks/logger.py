@@ -14,7 +14,8 @@ from ...utils.registry import HOOKS
 from .hook import Hook
 
 if TYPE_CHECKING:
-    from ..trainer import Trainer
+    from ...batch.pipeline import Batch
+    from ..trainer import StepOutputs, Trainer
 
 
 def weights_fingerprint(model: paddle.nn.Layer) -> float:
@@ -46,10 +47,10 @@ class LoggerHook(Hook):
     def before_train_epoch(self, trainer: "Trainer") -> None:
         self._reset()
 
-    def after_train_iter(self, trainer: "Trainer") -> None:
-        self._loss_sum = self._loss_sum + trainer.loss.detach().astype("float64")  # no host sync per step
+    def after_train_iter(self, trainer: "Trainer", batch: "Batch", outputs: "StepOutputs") -> None:
+        self._loss_sum = self._loss_sum + outputs.loss.detach().astype("float64")  # no host sync per step
         self._loss_count += 1
-        self._images += trainer.batch_size
+        self._images += batch.size
         done = trainer.iter + 1
         if done % self.interval and done != trainer.iters_per_epoch:
             return

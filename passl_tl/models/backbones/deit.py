@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import paddle.nn as nn
 from paddle import Tensor
 
 from ...utils.registry import BACKBONES, MODELS, ConfigError
-from ..classifier import Classifier, build_preset, patch_token_map
-from ..layers import Block, init_vit_weights, tokens_with_prefix, trunc_normal_
+from ..classifier import Classifier, build_preset
+from .vit import VisionTransformer, image_size
 
 
 class PatchEmbed(nn.Layer):
@@ -29,59 +28,28 @@ class PatchEmbed(nn.Layer):
 
 
 @BACKBONES.register
-class DeiT(nn.Layer):
+class DeiT(VisionTransformer):
     """DeiT backbone: ``forward(x, mix_box)`` → all tokens ``[B, prefix + N, D]`` after the final norm.
 
-    ``distilled`` adds the distillation token (prefix = cls, dist). ``mix_box = (x1, y1, x2, y2)``
-    applies MixToken on the patch grid ``[B, D, H, W]`` before the prefix tokens and positions are
-    added: rows x1:x2 and columns y1:y2 take the features of the batch-flipped sample.
+    ``distilled`` adds the distillation token (prefix = cls, dist), weight-decayed as in the official
+    DeiT. ``mix_box = (x1, y1, x2, y2)`` applies MixToken on the patch grid ``[B, D, H, W]`` before the
+    prefix tokens and positions are added: rows x1:x2 and columns y1:y2 take the features of the
+    batch-flipped sample.
     """
 
     def __init__(self, embed_dim: int, depth: int, num_heads: int, img_size: int | Sequence[int] = 224,
                  patch_size: int = 16, in_chans: int = 3, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  distilled: bool = False, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0):
-        super().__init__()
-        height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        height, width = image_size(img_size)
         if height % patch_size or width % patch_size:
             raise ConfigError(f"DeiT needs a patch_size dividing img_size, got patch_size {patch_size} "
                               f"and img_size {img_size}")
-        self.embed_dim = embed_dim
-        self.grid_size = (height // patch_size, width // patch_size)
-        self.num_prefix_tokens = 2 if distilled else 1
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
-        self.cls_token = self.create_parameter([1, 1, embed_dim])
-        self.dist_token = self.create_parameter([1, 1, embed_dim]) if distilled else None
-        num_tokens = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
-        self.pos_embed = self.create_parameter([1, num_tokens, embed_dim])
-        self.pos_drop = nn.Dropout(drop_rate)
-        self.blocks = nn.LayerList([
-            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
-                  attn_drop=attn_drop_rate, drop_path=float(rate), norm_eps=1e-6)
-            for rate in np.linspace(0.0, drop_path_rate, depth)])
-        self.norm = nn.LayerNorm(embed_dim, epsilon=1e-6)
-
-        for token in (self.pos_embed, self.cls_token, self.dist_token):
-            if token is not None:
-                trunc_normal_(token, std=0.02)
-        for layer in self.sublayers():
-            init_vit_weights(layer)
-
-    def no_weight_decay(self) -> set[str]:
-        """As the official DeiT (timm 0.3.2's list): the distillation token is decayed."""
-        return {"pos_embed", "cls_token"}
-
-    def forward(self, x: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:
-        patches = self.patch_embed(x).flatten(2).transpose([0, 2, 1])
-        prefix = [t for t in (self.cls_token, self.dist_token) if t is not None]
-        x = self.pos_drop(tokens_with_prefix(patches, self.grid_size, prefix, self.pos_embed, mix_box))
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
-
-    def feature_map(self, x: Tensor) -> Tensor:
-        """The patch tokens after the final norm as a ``[B, D, rows, cols]`` map."""
-        return patch_token_map(self(x), self.grid_size)
+        super().__init__(PatchEmbed(patch_size, in_chans, embed_dim), (height, width),
+                         (height // patch_size, width // patch_size),
+                         embed_dim, depth, num_heads, extra_tokens=("dist_token",) if distilled else (),
+                         norm_eps=1e-6, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+                         drop_path_rate=drop_path_rate, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
 
 
 # ----------------------------------------------------------------------------- presets

@@ -162,7 +162,7 @@ class RegNet(nn.Layer):
     def forward(self, x: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:
         if mix_box is not None:
             raise ConfigError("RegNet is a CNN without a token grid: MixToken (mix_box) is not supported; "
-                              "remove hooks.mixtoken")
+                              "remove batch.mixtoken")
         return self.forward_features(x).mean(axis=[2, 3])
 
 

@@ -18,8 +18,9 @@ import paddle.nn.functional as F
 from paddle import Tensor
 
 from ...utils.registry import BACKBONES, MODELS, ConfigError
-from ..classifier import Classifier, build_preset, patch_token_map
-from ..layers import Attention, Block, Mlp, init_vit_weights, tokens_with_prefix, trunc_normal_
+from ..classifier import Classifier, build_preset
+from ..layers import Attention, Mlp, freeze
+from .vit import VisionTransformer, image_size
 
 # (kernel, stride, padding) of the three soft splits: 224 px -> 56 -> 28 -> 14 tokens a side.
 SOFT_SPLITS = ((7, 4, 2), (3, 2, 1), (3, 2, 1))
@@ -48,12 +49,6 @@ def _t2t_grid(size: int) -> int:
     for split in SOFT_SPLITS:
         size = split_size(size, *split)
     return size
-
-
-def freeze(param: Tensor) -> Tensor:
-    """Exclude a parameter from training (it stays in the state dict and the parameter count)."""
-    param.stop_gradient = True
-    return param
 
 
 class TokenTransformer(nn.Layer):
@@ -141,7 +136,7 @@ class TokensToToken(nn.Layer):
 
 
 @BACKBONES.register
-class T2TViT(nn.Layer):
+class T2TViT(VisionTransformer):
     """T2T-ViT backbone: ``forward(x, mix_box)`` → all tokens ``[B, 1 + N, D]`` after the final norm.
 
     ``tokens_type`` picks the T2T layers: ``performer`` (T2T-ViT-n) or ``transformer``
@@ -152,47 +147,27 @@ class T2TViT(nn.Layer):
     ``head_dim ** -0.5``; the official ``pretrained=True`` path used ``embed_dim ** -0.5``).
     """
 
-    num_prefix_tokens = 1  # the cls token, before the patch tokens
+    embedding_name = "tokens_to_token"
 
     def __init__(self, embed_dim: int, depth: int, num_heads: int, tokens_type: str = "performer",
                  img_size: int | Sequence[int] = 224, in_chans: int = 3, mlp_ratio: float = 4.0,
                  qkv_bias: bool = False, qk_scale: float | None = None, token_dim: int = 64,
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0):
-        super().__init__()
-        height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        self.embed_dim = embed_dim
-        self.grid_size = tuple(_t2t_grid(size) for size in (height, width))
-        if min(self.grid_size) < 1:
+        height, width = image_size(img_size)
+        grid_size = (_t2t_grid(height), _t2t_grid(width))
+        if min(grid_size) < 1:
             raise ConfigError(f"T2TViT needs images of at least 3 px a side, got img_size {img_size}")
-        self.tokens_to_token = TokensToToken(tokens_type, in_chans, embed_dim, token_dim)
-        num_positions = 1 + self.grid_size[0] * self.grid_size[1]
-        self.cls_token = self.create_parameter([1, 1, embed_dim])
-        self.pos_embed = freeze(self.create_parameter([1, num_positions, embed_dim], default_initializer=(
-            nn.initializer.Assign(sinusoid_table(num_positions, embed_dim)[None].astype(np.float32)))))
-        self.pos_drop = nn.Dropout(drop_rate)
-        self.blocks = nn.LayerList([
-            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
-                  attn_drop=attn_drop_rate, drop_path=float(rate), qk_scale=qk_scale)
-            for rate in np.linspace(0.0, drop_path_rate, depth)])
-        self.norm = nn.LayerNorm(embed_dim, epsilon=1e-5)
-
-        trunc_normal_(self.cls_token, std=0.02)
-        for layer in self.sublayers():
-            init_vit_weights(layer)
+        super().__init__(TokensToToken(tokens_type, in_chans, embed_dim, token_dim), (height, width), grid_size,
+                         embed_dim, depth,
+                         num_heads, pos_table=sinusoid_table, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+                         drop_path_rate=drop_path_rate, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale)
 
     def no_weight_decay(self) -> set[str]:
+        """The cls token and the frozen tables."""
         return {"cls_token"} | {name for name, param in self.named_parameters() if param.stop_gradient}
 
-    def forward(self, x: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:
-        x = tokens_with_prefix(self.tokens_to_token(x), self.grid_size, [self.cls_token], self.pos_embed, mix_box)
-        x = self.pos_drop(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
-
-    def feature_map(self, x: Tensor) -> Tensor:
-        """The patch tokens after the final norm as a ``[B, D, rows, cols]`` map."""
-        return patch_token_map(self(x), self.grid_size)
+    def patch_tokens(self, x: Tensor) -> Tensor:
+        return self.tokens_to_token(x)
 
 
 # ----------------------------------------------------------------------------- presets

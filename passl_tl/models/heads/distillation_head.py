@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -30,8 +30,8 @@ class DistillationHead(nn.Layer):
 
     Train output ``{'cls': [B, K], 'dist': [B, K]}``; eval output their average. ``loss`` is the
     official ``DistillationLoss`` with ``distillation_type`` none, hard or soft, weight ``alpha`` on
-    the distillation term and temperature ``tau`` (soft only); the teacher logits come with the
-    target (``DistillationHook``).
+    the distillation term and temperature ``tau`` (soft only); the teacher logits come from the
+    batch's teacher stage (``Teacher``).
     """
 
     OFFICIAL_NAMES = {"head": "cls_head", "head_dist": "dist_head"}  # official DeiT -> ours
@@ -55,6 +55,8 @@ class DistillationHead(nn.Layer):
 
     def forward(self, tokens: Tensor, grid_size: Sequence[int], mix_box: Sequence[int] | None = None
                 ) -> Tensor | dict[str, Tensor]:
+        if mix_box is not None:
+            raise ConfigError("MixToken needs the token-label head (TokenLabelHead); remove batch.mixtoken")
         if tokens.shape[1] - grid_size[0] * grid_size[1] < 2:
             raise ConfigError("DistillationHead reads the distillation token (token 1), which this backbone "
                               "lacks: use DeiT with distilled: true")
@@ -67,25 +69,22 @@ class DistillationHead(nn.Layer):
         """The eval output's average of both heads at every position of ``[B, C, H, W]`` -> ``[B, K, H, W]``."""
         return (per_position(self.cls_head, feature_map) + per_position(self.dist_head, feature_map)) / 2
 
-    def loss(self, outputs: dict[str, Tensor], target: Tensor | Mapping[str, Tensor],
-             mix_box: Sequence[int] | None = None) -> Tensor:
-        """``target``: ``{'soft': [B, K] soft target, 'teacher': [B, K] teacher logits}``, or the
-        ``[B, K]`` soft target alone with ``distillation_type`` none.
+    def loss(self, outputs: dict[str, Tensor], target: Tensor, teacher_logits: Tensor | None = None) -> Tensor:
+        """``target``: ``[B, K]`` soft targets; ``teacher_logits`` ``[B, K]`` (unused with ``distillation_type``
+        none).
 
         none: SoftCE(cls, soft); hard: (1 − α)·SoftCE(cls, soft) + α·CE(dist, argmax teacher);
         soft: (1 − α)·SoftCE(cls, soft) + α·``soft_distillation(dist, teacher, tau)``.
         """
-        if mix_box is not None:
-            raise ConfigError("MixToken needs the token-label head (TokenLabelHead); remove hooks.mixtoken")
         x_cls, x_dist = outputs["cls"], outputs["dist"]
-        soft, teacher = (target["soft"], target["teacher"]) if isinstance(target, Mapping) else (target, None)
-        _check_like(soft, x_cls, "soft targets", "configure data.target")
+        soft, teacher = target, teacher_logits
+        _check_like(soft, x_cls, "soft targets", "configure batch.target")
         base = soft_cross_entropy(x_cls, soft)
         if self.distillation_type == "none":
             return base
         if teacher is None:
             raise ConfigError(f"distillation_type '{self.distillation_type}' needs the teacher's logits: configure "
-                              f"hooks.distillation (DistillationHook), or use distillation_type 'none'")
+                              f"batch.teacher (Teacher), or use distillation_type 'none'")
         _check_like(teacher, x_dist, "teacher logits", "the teacher's num_classes must be the student's")
         if self.distillation_type == "hard":
             distill = F.cross_entropy(x_dist, teacher.argmax(axis=-1))

@@ -37,16 +37,16 @@ class LinearHead(nn.Layer):
 
     def forward(self, features: Tensor, grid_size: Sequence[int] | None = None,
                 mix_box: Sequence[int] | None = None) -> Tensor:
+        if mix_box is not None:
+            raise ConfigError("MixToken needs the token-label head (TokenLabelHead); remove batch.mixtoken")
         return self.fc(features[:, 0] if features.ndim == 3 else features)
 
     def dense(self, feature_map: Tensor) -> Tensor:
         """``fc`` at every position of a ``[B, C, H, W]`` feature map -> ``[B, K, H, W]``."""
         return per_position(self.fc, feature_map)
 
-    def loss(self, outputs: Tensor, target: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:
+    def loss(self, outputs: Tensor, target: Tensor) -> Tensor:
         if target.ndim != 2 or tuple(target.shape) != tuple(outputs.shape):
-            raise ValueError(f"LinearHead needs soft targets {list(outputs.shape)} (configure data.target), "
+            raise ValueError(f"LinearHead needs soft targets {list(outputs.shape)} (configure batch.target), "
                              f"got {list(target.shape)}")
-        if mix_box is not None:
-            raise ConfigError("MixToken needs the token-label head (TokenLabelHead); remove hooks.mixtoken")
         return soft_cross_entropy(outputs, target)

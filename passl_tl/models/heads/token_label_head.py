@@ -1,15 +1,16 @@
 """Token-labeling head: a class head on the cls token, an auxiliary head on every patch token."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import paddle
 import paddle.nn as nn
 from paddle import Tensor
 
 from ...utils.registry import HEADS
-from ..layers import flip_box, init_vit_weights
-from ..losses import mix_class_target, soft_cross_entropy
+from ...token_labels.mixtoken import mix_class_target, unmix_tokens
+from ..layers import init_vit_weights
+from ..losses import soft_cross_entropy
 from .linear_head import per_position
 
 
@@ -19,11 +20,13 @@ class TokenLabelHead(nn.Layer):
     so backbones with more prefix tokens, such as DeiT's distillation token, work unchanged).
 
     Eval output: ``cls + aux_eval_weight · max over tokens of aux`` (per sample and class).
-    Train output: ``{'cls': [B, K], 'aux': [B, N, K]}`` with the MixToken box of ``aux`` swapped
-    back, so every token's logits line up with that sample's own token labels.
+    Train output: ``{'cls': [B, K], 'aux': [B, N, K], 'mix_box': box or None}`` with the MixToken box
+    of ``aux`` swapped back, so every token's logits line up with that sample's own token labels; the
+    loss mixes the cls target by the box it finds there.
     """
 
     OFFICIAL_NAMES = {"head": "cls_head", "aux_head": "aux_head"}  # official LV-ViT -> ours
+    mixes_tokens = True  # trains with MixToken: un-mixes its per-token outputs
 
     def __init__(self, in_channels: int, num_classes: int, cls_weight: float = 1.0,
                  dense_weight: float = 1.0, aux_eval_weight: float = 0.5, ground_truth: bool = False):
@@ -39,21 +42,19 @@ class TokenLabelHead(nn.Layer):
             init_vit_weights(layer)
 
     def forward(self, tokens: Tensor, grid_size: Sequence[int], mix_box: Sequence[int] | None = None
-                ) -> Tensor | dict[str, Tensor]:
+                ) -> Tensor | dict[str, Any]:
         num_patches = grid_size[0] * grid_size[1]
         x_cls = self.cls_head(tokens[:, 0])
         x_aux = self.aux_head(tokens[:, tokens.shape[1] - num_patches:])
         if not self.training:
             return x_cls + self.aux_eval_weight * x_aux.max(axis=1)
-        B, N, K = x_aux.shape
-        grid = x_aux.reshape([B, grid_size[0], grid_size[1], K])
-        return {"cls": x_cls, "aux": flip_box(grid, mix_box, row_axis=1).reshape([B, N, K])}
+        return {"cls": x_cls, "aux": unmix_tokens(x_aux, grid_size, mix_box), "mix_box": mix_box}
 
     def dense(self, feature_map: Tensor) -> Tensor:
         """``aux_head`` (the per-token classifier) at every position of ``[B, C, H, W]`` -> ``[B, K, H, W]``."""
         return per_position(self.aux_head, feature_map)
 
-    def loss(self, outputs: dict[str, Tensor], target: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:
+    def loss(self, outputs: dict[str, Any], target: Tensor) -> Tensor:
         """Soft-target cross entropy of the cls logits and of every token's logits.
 
         ``target``: ``[B, K, 2 + N]`` token labels (column 0 ground truth, 1 cls target, 2.. the
@@ -72,7 +73,7 @@ class TokenLabelHead(nn.Layer):
         else:
             raise ValueError(f"target must be [B, K] = [{B}, {K}] or [B, K, 2 + N] = [{B}, {K}, {2 + N}], "
                              f"got {list(target.shape)}")
-        loss_cls = soft_cross_entropy(x_cls, mix_class_target(cls_target, mix_box, N))
+        loss_cls = soft_cross_entropy(x_cls, mix_class_target(cls_target, outputs["mix_box"], N))
         loss_dense = soft_cross_entropy(x_aux, dense_target)
         return self.cls_weight * loss_cls + self.dense_weight * loss_dense
 

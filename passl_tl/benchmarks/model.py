@@ -1,13 +1,14 @@
 """Model benchmark: images/s of the full training step and of the eval forward, and peak memory.
 
 The training step is the trainer's own: a ``Trainer`` built from the preset's config (model,
-AdamW from the optimizer registry, ``TokenLabelTargets`` i.e. ``make_token_targets``, the
-LR-scheduler, optimizer and MixToken hooks, AMP from ``amp_context_from``) runs ``Trainer.train``
+AdamW from the optimizer registry, the batch stages ``TokenLabelTargets`` i.e. ``make_token_targets``
+and MixToken, the LR-scheduler hook, AMP from ``amp_context_from``) runs ``Trainer.train``
 over a loader that hands it the same synthetic batch (random images, ``[B, 3, 5, 18, 18]`` packed
 token labels) every iteration. One timed iteration is the whole loop body, from the loader handing
 over the batch to asking for the next: target building, MixToken box, forward in train mode with
-the box, ``model.loss``, backward, ``optimizer.step()``, ``clear_grad()``. Not run: EMA, logging,
-evaluation and checkpoint hooks, and the data loader (``tools/benchmark.py data`` times that).
+the box, ``model.loss``, backward, ``optimizer.step()``, ``clear_grad()`` (the trainer's ``OptimWrapper``).
+Not run: EMA, logging, evaluation and checkpoint hooks, and the data loader (``tools/benchmark.py data``
+times that).
 
 The eval forward is ``evaluate``'s: ``model.eval()``, ``paddle.no_grad()``, ``eval_forward`` on the
 configured ``eval_backend`` (``auto``: oneDNN through Paddle Inference on the CPU; its one-off
@@ -34,7 +35,7 @@ DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "lvvit", "lvvit_tiny.yaml")
 PRECISIONS = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 PHASES = ("train", "eval")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-TRAIN_HOOKS = ("lr_scheduler", "optimizer", "mixtoken")  # the hooks a training step runs (from the config)
+TRAIN_HOOKS = ("lr_scheduler",)  # the hooks a timed training step runs (from the config)
 # The issue's targets (official PyTorch LV-ViT-T, fp32, CPU, 2 threads, batch 16, 224 px).
 TARGETS = {"train_images_per_s": 7.7, "eval_images_per_s": 26.0, "peak_rss_mb": 2.1 * 1024}
 TARGET_SETTINGS = dict(model="lvvit_tiny", batch_size=16, img_size=224, threads=2, precision="fp32")
@@ -91,13 +92,12 @@ def run_phase(settings: ModelSettings, phase: str) -> dict[str, Any]:
     import numpy as np
     import paddle
 
-    from ..engine import DEFAULTS
+    from ..engine.run_config import load_run_config
     from ..engine.eval_forward import eval_forward, resolve_eval_backend
     from ..engine.trainer import amp_context_from
     from ..models import build_model
-    from ..utils.config import load_config
     from ..utils.threads import set_cpu_threads
-    from .benchmark_data import synthetic_token_labels
+    from .data import synthetic_token_labels
     from .timing import rates, summary
 
     if phase not in PHASES:
@@ -106,11 +106,10 @@ def run_phase(settings: ModelSettings, phase: str) -> dict[str, Any]:
     set_cpu_threads(settings.threads)  # as tools/train.py applies the config's threads
     dtype = PRECISIONS[settings.precision]
     amp = [f"amp.enable={dtype is not None}"] + ([f"amp.dtype={dtype}"] if dtype else [])
-    cfg = load_config(settings.config, [f"model.name={settings.model}", f"model.img_size={settings.img_size}",
-                                        f"model.num_classes={settings.num_classes}",
-                                        f"data.target.num_classes={settings.num_classes}",
-                                        f"eval_backend={settings.eval_backend}", "device=cpu", *amp,
-                                        *settings.overrides], DEFAULTS)
+    cfg = load_run_config(settings.config, [f"model.name={settings.model}", f"model.img_size={settings.img_size}",
+                                            f"model.num_classes={settings.num_classes}",
+                                            f"eval_backend={settings.eval_backend}", "device=cpu", *amp,
+                                            *settings.overrides])
     paddle.seed(cfg["seed"])
     model = build_model(cfg)
     rng = np.random.default_rng(0)
@@ -151,13 +150,11 @@ def _repeat(fn, settings: ModelSettings) -> list[float]:
 
 
 def _train_seconds(cfg, model, images, labels, settings: ModelSettings) -> tuple[list[float], dict[str, Any]]:
-    """``Trainer.train`` for one epoch of ``warmup + repeats`` iterations of the same batch."""
-    import paddle
-
-    from ..engine.data import build_target_builder
+    """``Trainer.train`` (built by ``Trainer.from_config``) for one epoch of ``warmup + repeats`` iterations of
+    the same batch, with the LR hook only."""
     from ..engine.fixed_batches import FixedBatches
+    from ..engine.hooks.hook import Hook
     from ..engine.trainer import Trainer
-    from ..utils.registry import HOOKS, LR_SCHEDULERS, OPTIMIZERS
 
     class TimedBatches(FixedBatches):
         """Records the seconds of every loop iteration (from handing over a batch to being asked for the next)."""
@@ -168,28 +165,26 @@ def _train_seconds(cfg, model, images, labels, settings: ModelSettings) -> tuple
                 yield batch
                 seconds.append(time.perf_counter() - start)
 
+    class LastStep(Hook):
+        def after_train_iter(self, trainer, batch, outputs) -> None:
+            self.batch, self.outputs = batch, outputs
+
     seconds: list[float] = []
-    loader = TimedBatches([(images, labels)] * (settings.warmup + settings.repeats))
-    optimizer = OPTIMIZERS.build(cfg["optimizer"], f"optimizer of {cfg.source}", model=model)
-    lr_scheduler = LR_SCHEDULERS.build(cfg["lr_scheduler"], f"lr_scheduler of {cfg.source}",
-                                       base_lr=cfg["optimizer"]["lr"], epochs=cfg["epochs"])
-    hooks = {key: HOOKS.build(cfg["hooks"][key], f"hooks.{key} of {cfg.source}") for key in TRAIN_HOOKS}
-    target = {**cfg["data"]["target"], "label_size": model.grid_size[0]}
-    amp = cfg["amp"]
-    scaler = (paddle.amp.GradScaler(init_loss_scaling=amp["init_loss_scaling"])
-              if amp["enable"] and amp["dtype"] == "float16" else None)
+    last = LastStep()
     with tempfile.TemporaryDirectory(prefix="passl_tl_bench_train_") as tmp:
         cfg["output_dir"] = tmp
-        trainer = Trainer(cfg, model, loader, None, optimizer, lr_scheduler, hooks,
-                          build_target_builder(target, f"data.target of {cfg.source}"), scaler)
+        cfg["data"]["val"] = {}
+        cfg["hooks"] = {key: cfg["hooks"][key] for key in TRAIN_HOOKS}
+        trainer = Trainer.from_config(cfg, model, TimedBatches([(images, labels)] * (settings.warmup + settings.repeats)))
+        trainer.hooks["last_step"] = last
         trainer.max_epochs = 1
         trainer.train()
-    loss = float(trainer.loss)
-    mixed = trainer.mix_box is not None
-    return seconds, {"loss": loss, "hooks": [type(h).__name__ for h in trainer.hooks.values()],
-                     "target_builder": type(trainer.target_builder).__name__,
-                     "last_mix_box": list(trainer.mix_box) if mixed else None,
-                     "grad_scaler": scaler is not None}
+    box = last.batch.mix_box
+    return seconds, {"loss": float(last.outputs.loss), "hooks": [type(h).__name__ for h in trainer.hooks.values()
+                                                                  if h is not last],
+                     "batch_stages": {name: type(t).__name__ for name, t in trainer.batch_pipeline.stages.items()},
+                     "last_mix_box": list(box) if box is not None else None,
+                     "grad_scaler": trainer.optim_wrapper.scaler is not None}
 
 
 class _AmpProbe:
@@ -266,8 +261,8 @@ def report(results: Mapping[str, Any]) -> str:
         f"model: {s['model']} ({train['parameters'] / 1e6:.2f}M parameters), batch {s['batch_size']}, "
         f"{s['img_size']}x{s['img_size']}, {s['threads']} threads, {s['precision']}; median of {s['repeats']} "
         f"after {s['warmup']} warm-up; each phase in {'a fresh process' if s['subprocess'] else 'this process'}",
-        f"train step: Trainer.train with hooks {', '.join(train['hooks'])}, targets by {train['target_builder']} "
-        f"(synthetic [B, 3, 5, 18, 18] labels), forward with MixToken, loss, backward, AdamW step; "
+        f"train step: Trainer.train with batch stages {', '.join(train['batch_stages'].values())}, hooks "
+        f"{', '.join(train['hooks'])} (synthetic [B, 3, 5, 18, 18] labels), forward with MixToken, loss, backward, AdamW step; "
         f"last loss {train['loss']:.4f}",
         format_table(["phase", "images/s", "min-max", "ms/batch", "peak RSS MB", "threads", "precision"], rows),
     ]
@@ -283,7 +278,7 @@ def _num(value: float) -> str:
     return format_number(float(value))
 
 
-if __name__ == "__main__":  # python -m passl_tl.tools_support.benchmark_model PHASE SETTINGS_JSON OUT
+if __name__ == "__main__":  # python -m passl_tl.benchmarks.model PHASE SETTINGS_JSON OUT
     _phase, _settings, _out = sys.argv[1:4]
     _result = run_phase(ModelSettings(**json.loads(_settings)), _phase)
     with open(_out, "w", encoding="utf-8") as _f:

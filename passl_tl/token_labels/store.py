@@ -14,8 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .label_files import NPY_SUFFIX, BadLabelError, label_key, read_label_file
-from .label_pack import INDEX_NAME, open_shard, read_pack_index
+from .files import NPY_SUFFIX, BadLabelError, label_key, read_label_file
+from .pack import INDEX_NAME, open_shard, read_pack_index
 
 SHAPE_VOTERS = 5  # label files read to find the common label shape
 
@@ -62,7 +62,7 @@ class FileLabels:
 
 
 class PackedLabels:
-    """Labels of a pack (``label_pack``); shards are memory-mapped on first use in the reading process
+    """Labels of a pack (``pack``); shards are memory-mapped on first use in the reading process
     (a DataLoader worker maps its own) and left out when the object is pickled."""
 
     def __init__(self, root: str, images: Sequence[str]):

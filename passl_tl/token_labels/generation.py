@@ -15,13 +15,13 @@ import numpy as np
 import paddle
 from paddle import Tensor
 
-from .datasets.label_files import NPY_SUFFIX, is_complete_label, label_key, save_npy_atomic
-from .datasets.token_label import MIN_LABEL_WIDTH
-from .deploy.preprocess import config_eval_transforms
-from .utils.config import Config
-from .utils.dist import all_reduce_sum, rank, world_size
-from .utils.logger import get_logger
-from .utils.registry import ConfigError
+from ..deploy.preprocess import config_eval_transforms
+from ..utils.config import Config
+from ..utils.dist import all_reduce_sum, rank, world_size
+from ..utils.logger import get_logger
+from ..utils.registry import ConfigError
+from .files import NPY_SUFFIX, is_complete_label, label_key, save_npy_atomic
+from .packing import MIN_LABEL_WIDTH
 
 LABEL_DTYPE = np.float16
 MAX_EXACT_CLASS_ID = 2048  # float16 holds every integer up to 2048 exactly

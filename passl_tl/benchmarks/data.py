@@ -18,16 +18,16 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 
 from ..datasets.demo import make_demo_dataset
 from ..datasets.image_folder import scan_image_folder
 from ..datasets.imagenet_token_label import ImageNetTokenLabel
-from ..datasets.label_pack import plan_pack, write_pack
-from ..datasets.label_store import LABEL_FORMATS, PackedLabels
-from ..datasets.token_label import crop_and_truth, dense_label_map, make_token_targets, pack_label_sample, pool_crop
 from ..datasets.transforms import RandomResizedCropWithCoords
 from ..engine.data import build_loader
+from ..token_labels.pack import plan_pack, write_pack
+from ..token_labels.packing import pack_label_sample
+from ..token_labels.store import LABEL_FORMATS, PackedLabels
+from ..token_labels.targets import dense_token_targets, make_token_targets
 from .timing import format_number, format_table, machine, milliseconds, rates, repeat_timed
 
 DEMO_CLASSES = 10
@@ -56,24 +56,6 @@ class DataSettings:
     label_size: int = 14
     classes_per_image: Sequence[int] = (32, 128, 1000)
     data_dir: str | None = None  # keep (and reuse) the demo data here instead of a temporary directory
-
-
-def dense_token_targets(labels: paddle.Tensor | np.ndarray, num_classes: int, label_size: int = 14,
-                        smoothing: float = 0.1, box_order: str = "correct") -> paddle.Tensor:
-    """The official formulation of ``make_token_targets``: scatter the top-k logits into a dense
-    ``[B, C, H, W]`` map, roi_align it to 1x1 and ``label_size``², softmax over all classes, smooth."""
-    labels = labels.astype("float32") if isinstance(labels, paddle.Tensor) else paddle.to_tensor(labels, "float32")
-    b = labels.shape[0]
-    crop, gt = crop_and_truth(labels)
-    dense = dense_label_map(labels, num_classes)
-    pooled = pool_crop(dense, crop, 1, box_order).reshape([b, num_classes, 1])
-    if label_size > 1:
-        tokens = pool_crop(dense, crop, label_size, box_order)
-        pooled = paddle.concat([pooled, tokens.reshape([b, num_classes, label_size * label_size])], axis=2)
-    off = smoothing / num_classes
-    on = 1.0 - smoothing + off
-    truth = F.one_hot(gt, num_classes) * (on - off) + off
-    return paddle.concat([truth.unsqueeze(2), F.softmax(pooled, axis=1) * on + off], axis=2)
 
 
 def synthetic_token_labels(batch: int, num_classes: int, classes_per_image: int, k: int = 5,

@@ -1,37 +1,28 @@
-"""Token-label targets: pack one sample's label map, turn a batch of them into soft targets.
+"""Token-label targets: packed label maps (``packing``) -> soft targets for the cls token and every token.
 
-Packed per-sample layout ``[3, k, H, W]`` float32 (collated to ``[B, 3, k, H, W]``):
-plane 0 the top-k logits, plane 1 their class ids, plane 2 zeros except
-``[2, 0, 0, 0:4]`` = crop (top, left, height, width) as fractions of the full image and
-``[2, 0, 0, 5]`` = ground-truth class id.
+``make_token_targets`` is the fast formulation the trainer runs (through the ``TokenLabelTargets``
+batch stage); ``dense_token_targets`` is the official dense one, kept as the reference it is tested
+and benchmarked against.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from ..utils.registry import TRANSFORMS
+from ..batch.pipeline import Batch, BatchTransform, Step
+from ..utils.registry import BATCH_TRANSFORMS, ConfigError
+from .packing import GT_COLUMN, check_class_ids, check_width, crop_and_truth
 
 BOX_ORDERS = ("correct", "official")
-_GT_COLUMN = 5
-MIN_LABEL_WIDTH = _GT_COLUMN + 1  # plane 2 row 0 holds the crop (0:4) and the ground truth (5)
 
 
-def pack_label_sample(label_map: np.ndarray, crop: Sequence[float], gt: int) -> np.ndarray:
-    """Append the crop/ground-truth plane to a ``[2, k, H, W]`` label map -> ``[3, k, H, W]`` float32."""
-    label_map = np.asarray(label_map, dtype=np.float32)
-    if label_map.ndim != 4 or label_map.shape[0] != 2:
-        raise ValueError(f"token-label map must have shape [2, k, H, W], got {list(label_map.shape)}")
-    _, k, h, w = label_map.shape
-    _check_width(w)
-    packed = np.zeros((3, k, h, w), dtype=np.float32)
-    packed[:2] = label_map
-    packed[2, 0, 0, :4] = crop
-    packed[2, 0, 0, _GT_COLUMN] = gt
-    return packed
+def check_box_order(box_order: str) -> None:
+    """Raise unless ``box_order`` is one of :data:`BOX_ORDERS` (see :func:`pool_crop`)."""
+    if box_order not in BOX_ORDERS:
+        raise ValueError(f"box_order must be one of {BOX_ORDERS}, got {box_order!r}")
 
 
 def dense_label_map(labels: paddle.Tensor, num_classes: int) -> paddle.Tensor:
@@ -69,10 +60,22 @@ def pool_crop(dense: paddle.Tensor, crop: paddle.Tensor, output_size: int,
                                        spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
-def crop_and_truth(labels: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
-    """The crops ``[B, 4]`` (top, left, height, width) and ground-truth ids ``[B]`` int64 of packed labels."""
-    info = labels[:, 2, 0, 0]
-    return info[:, :4], info[:, _GT_COLUMN].astype("int64")
+def dense_token_targets(labels: paddle.Tensor | np.ndarray, num_classes: int, label_size: int = 14,
+                        smoothing: float = 0.1, box_order: str = "correct") -> paddle.Tensor:
+    """The official formulation of ``make_token_targets``: scatter the top-k logits into a dense
+    ``[B, C, H, W]`` map, roi_align it to 1x1 and ``label_size``², softmax over all classes, smooth."""
+    labels = labels.astype("float32") if isinstance(labels, paddle.Tensor) else paddle.to_tensor(labels, "float32")
+    b = labels.shape[0]
+    crop, gt = crop_and_truth(labels)
+    dense = dense_label_map(labels, num_classes)
+    pooled = pool_crop(dense, crop, 1, box_order).reshape([b, num_classes, 1])
+    if label_size > 1:
+        tokens = pool_crop(dense, crop, label_size, box_order)
+        pooled = paddle.concat([pooled, tokens.reshape([b, num_classes, label_size * label_size])], axis=2)
+    off = smoothing / num_classes
+    on = 1.0 - smoothing + off
+    truth = F.one_hot(gt, num_classes) * (on - off) + off
+    return paddle.concat([truth.unsqueeze(2), F.softmax(pooled, axis=1) * on + off], axis=2)
 
 
 def make_token_targets(labels: paddle.Tensor | np.ndarray, num_classes: int, label_size: int = 14,
@@ -91,17 +94,17 @@ def make_token_targets(labels: paddle.Tensor | np.ndarray, num_classes: int, lab
     all pool to 0); the output is one row gather from a ``[B, U + 1, 2 + s**2]`` table of targets.
     A class repeated within a cell keeps one logit, as in the dense scatter. Reads U on the host.
     """
-    _check_box_order(box_order)
+    check_box_order(box_order)
     if label_size < 1:
         raise ValueError(f"label_size must be >= 1, got {label_size}")
     from_numpy = not isinstance(labels, paddle.Tensor)
     labels = _as_float_tensor(labels)
     if labels.ndim != 5 or labels.shape[1] != 3:
         raise ValueError(f"packed token labels must have shape [B, 3, k, H, W], got {list(labels.shape)}")
-    _check_width(labels.shape[4])
+    check_width(labels.shape[4])
     crop, gt = crop_and_truth(labels)
     if from_numpy:  # tensors come from the dataset, which checks ids file by file
-        check_class_ids(labels[:, 1].numpy(), labels[:, 2, 0, 0, _GT_COLUMN].numpy(), num_classes,
+        check_class_ids(labels[:, 1].numpy(), labels[:, 2, 0, 0, GT_COLUMN].numpy(), num_classes,
                         "token labels")
 
     ids = labels[:, 1].astype("int64")
@@ -154,58 +157,39 @@ def _target_table(pooled: paddle.Tensor, gt_slot: paddle.Tensor, num_classes: in
     return table
 
 
-@TRANSFORMS.register
-class TokenLabelTargets:
-    """Batch label transform for the trainer: packed ``[B, 3, k, H, W]`` labels -> soft targets.
-
-    ``upsample_labels``: allow a ``label_size`` above the label maps' H x W (RoIAlign then samples the
-    map more finely than it was made, as the official 384/448 fine-tuning does with 18 x 18 maps);
-    the trainer refuses it otherwise."""
-
-    def __init__(self, num_classes: int, label_size: int = 14, smoothing: float = 0.1,
-                 box_order: str = "correct", upsample_labels: bool = False):
-        _check_box_order(box_order)
-        self.num_classes = num_classes
-        self.label_size = label_size
-        self.upsample_labels = upsample_labels
-        self.smoothing = smoothing
-        self.box_order = box_order
-
-    def __call__(self, labels: paddle.Tensor | np.ndarray) -> paddle.Tensor:
-        return make_token_targets(labels, self.num_classes, self.label_size, self.smoothing, self.box_order)
-
-
 def _as_float_tensor(labels: paddle.Tensor | np.ndarray) -> paddle.Tensor:
     if isinstance(labels, paddle.Tensor):
         return labels.astype("float32")
     return paddle.to_tensor(np.asarray(labels, dtype=np.float32))
 
 
-def _check_width(width: int) -> None:
-    if width < MIN_LABEL_WIDTH:
-        raise ValueError(f"token-label maps need width >= {MIN_LABEL_WIDTH} to hold the crop and "
-                         f"ground-truth entries, got width {width}")
+@BATCH_TRANSFORMS.register
+class TokenLabelTargets(BatchTransform):
+    """Packed ``[B, 3, k, H, W]`` labels -> ``[B, K, 2 + N]`` targets (``make_token_targets``) on the
+    model's token grid, for its ``num_classes`` classes: both are read from the model when bound.
 
+    ``upsample_labels``: allow a token grid finer than the label maps' H x W (RoIAlign then samples
+    the maps more finely than they were made, as the official 384/448 fine-tuning does with 18 x 18
+    maps); the trainer refuses it otherwise. ``box_order``: see ``pool_crop``.
+    """
 
-def _check_box_order(box_order: str) -> None:
-    if box_order not in BOX_ORDERS:
-        raise ValueError(f"box_order must be one of {BOX_ORDERS}, got {box_order!r}")
+    def __init__(self, smoothing: float = 0.1, box_order: str = "correct", upsample_labels: bool = False):
+        check_box_order(box_order)
+        self.smoothing = smoothing
+        self.box_order = box_order
+        self.upsample_labels = upsample_labels
+        self.num_classes: int | None = None
+        self.label_size: int | None = None
 
+    def bind(self, model: paddle.nn.Layer, amp_context: Callable | None) -> None:
+        grid = getattr(model, "grid_size", None)
+        if not grid:
+            raise ConfigError(f"TokenLabelTargets needs a backbone with a token grid; "
+                              f"{type(model.backbone).__name__} has none (use SoftTargets)")
+        if grid[0] != grid[1]:
+            raise ConfigError(f"TokenLabelTargets needs a square token grid, the model's is {grid[0]}x{grid[1]}")
+        self.num_classes, self.label_size = model.num_classes, int(grid[0])
 
-def class_id_problem(ids: np.ndarray, num_classes: int) -> str | None:
-    """Why ``ids`` are not class ids in ``[0, num_classes)`` (NaN, out of range, fractions); None if they are."""
-    lowest, highest = ids.min(), ids.max()
-    if np.isnan(lowest):  # min and max propagate NaN
-        return "has NaN class ids"
-    if lowest < 0 or highest >= num_classes:
-        return f"class ids span [{lowest:g}, {highest:g}], outside [0, {num_classes}) for num_classes={num_classes}"
-    if (ids != np.rint(ids)).any():
-        return "has non-integer class ids"
-    return None
-
-
-def check_class_ids(ids: np.ndarray, gt: np.ndarray | int, num_classes: int, source: str) -> None:
-    """Raise naming ``source`` unless the label ids and the ground truth are class ids (:func:`class_id_problem`)."""
-    problem = class_id_problem(np.append(ids, gt), num_classes)
-    if problem:
-        raise ValueError(f"{source}: {problem}")
+    def __call__(self, batch: Batch, step: Step) -> Batch:
+        return batch.replace(targets=make_token_targets(batch.targets, self.num_classes, self.label_size,
+                                                        self.smoothing, self.box_order))

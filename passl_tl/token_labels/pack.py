@@ -6,7 +6,7 @@ arrays, read through memory mapping) and ``index.json``::
     {"format": "passl_tl token-label pack", "version": 1, "shape": [2, k, H, W], "dtype": "float16",
      "shards": [{"file": "labels_00000.npy", "keys": ["<dir>/<stem>", ...]}, ...]}
 
-where row ``r`` of a shard is the label of the image whose key (``label_files.label_key``) is
+where row ``r`` of a shard is the label of the image whose key (``files.label_key``) is
 ``keys[r]``.
 """
 from __future__ import annotations
@@ -14,13 +14,13 @@ from __future__ import annotations
 import collections
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
-from .label_files import NPY_SUFFIX, BadLabelError, find_label_files, label_key, read_label_file
+from ..utils.atomic import write_directory_atomic
+from .files import NPY_SUFFIX, BadLabelError, find_label_files, label_key, read_label_file
 
 INDEX_NAME = "index.json"
 SHARD_NAME = "labels_{:05d}.npy"
@@ -146,27 +146,28 @@ def write_pack(out_dir: str, plan: PackPlan, shard_size: int,
         raise ValueError(f"shard size must be at least 1, got {shard_size}")
     if os.path.exists(out_dir):
         raise FileExistsError(f"{out_dir} already exists; remove it or choose another output directory")
-    tmp = f"{os.path.normpath(out_dir)}.tmp{os.getpid()}"
-    os.makedirs(tmp)
-    try:
-        shards = []
-        for start in range(0, len(plan.labels), shard_size):
-            chunk = plan.labels[start:start + shard_size]
-            name = SHARD_NAME.format(len(shards))
-            rows = np.lib.format.open_memmap(os.path.join(tmp, name), mode="w+", dtype=plan.dtype,
-                                             shape=(len(chunk), *plan.shape))
-            for row, (_, path) in enumerate(chunk):
-                rows[row] = read_label_file(path, plan.shape)
-                step()
-            rows.flush()
-            del rows
-            shards.append({"file": name, "keys": [key for key, _ in chunk]})
-        index = {"format": FORMAT, "version": VERSION, "shape": list(plan.shape), "dtype": plan.dtype.name,
-                 "shards": shards}
-        with open(os.path.join(tmp, INDEX_NAME), "w", encoding="utf-8") as f:
-            json.dump(index, f)
-        os.rename(tmp, out_dir)
-        return PackIndex(out_dir, plan.shape, plan.dtype, [(s["file"], s["keys"]) for s in shards])
-    finally:
-        if os.path.exists(tmp):  # only left over when packing failed or was interrupted
-            shutil.rmtree(tmp)
+    shards = write_directory_atomic(out_dir, lambda tmp: _write_shards(tmp, plan, shard_size, step))
+    return PackIndex(out_dir, plan.shape, plan.dtype, [(s["file"], s["keys"]) for s in shards])
+
+
+def _write_shards(directory: str, plan: PackPlan, shard_size: int,
+                  step: Callable[[], object]) -> list[dict[str, object]]:
+    """Create ``directory`` with the shards and ``index.json`` of ``plan``; returns the index's shard entries."""
+    os.makedirs(directory)
+    shards = []
+    for start in range(0, len(plan.labels), shard_size):
+        chunk = plan.labels[start:start + shard_size]
+        name = SHARD_NAME.format(len(shards))
+        rows = np.lib.format.open_memmap(os.path.join(directory, name), mode="w+", dtype=plan.dtype,
+                                         shape=(len(chunk), *plan.shape))
+        for row, (_, path) in enumerate(chunk):
+            rows[row] = read_label_file(path, plan.shape)
+            step()
+        rows.flush()
+        del rows
+        shards.append({"file": name, "keys": [key for key, _ in chunk]})
+    index = {"format": FORMAT, "version": VERSION, "shape": list(plan.shape), "dtype": plan.dtype.name,
+             "shards": shards}
+    with open(os.path.join(directory, INDEX_NAME), "w", encoding="utf-8") as f:
+        json.dump(index, f)
+    return shards

@@ -12,8 +12,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..utils.atomic import write_file_atomic
 from ..utils.torch_checkpoint import load_torch_file
-from .token_label import MIN_LABEL_WIDTH, class_id_problem
+from .packing import MIN_LABEL_WIDTH, class_id_problem
 
 LABEL_DTYPES = (np.float16, np.float32)
 NPY_SUFFIX = ".npy"
@@ -102,16 +103,15 @@ def find_label_files(root: str, suffixes: Sequence[str]) -> dict[str, str]:
 def save_npy_atomic(array: np.ndarray, path: str) -> None:
     """``np.save`` to a temporary file beside ``path``, then rename it over ``path``."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
+        write_file_atomic(path, lambda tmp: _save_npy(array, tmp))
     except OSError as e:
         raise OSError(f"cannot write {path}: {e}") from e
-    finally:
-        if os.path.exists(tmp):  # only left over when writing failed
-            os.remove(tmp)
+
+
+def _save_npy(array: np.ndarray, path: str) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would add ".npy" to the temporary's name
+        np.save(f, array)
 
 
 def is_complete_label(path: str, shape: Sequence[int]) -> bool:

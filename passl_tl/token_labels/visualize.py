@@ -13,9 +13,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..datasets.image_folder import read_rgb
-from ..datasets.label_files import TORCH_SUFFIXES, read_label_file, read_torch_label
-from ..datasets.token_label import make_token_targets, pack_label_sample
 from ..datasets.transforms import RandomHorizontalFlipWithLabel, RandomResizedCropWithCoords
+from .files import TORCH_SUFFIXES, read_label_file, read_torch_label
+from .packing import pack_label_sample
+from .targets import make_token_targets
 
 PANEL = 224        # panel height in pixels
 MARGIN = 10

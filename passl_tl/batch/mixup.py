@@ -1,18 +1,12 @@
-"""Image-level Mixup / CutMix on top of (token-label) targets, as the official TokenLabelMixup."""
+"""Image-level Mixup / CutMix on top of (token-label) targets, as the official ``TokenLabelMixup``."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
 import numpy as np
 import paddle
 
-from ...utils.registry import HOOKS, ConfigError
-from ...utils.seeding import derived_seed
-from .hook import Hook
-
-if TYPE_CHECKING:
-    from ..trainer import Trainer
+from ..utils.registry import BATCH_TRANSFORMS, ConfigError
+from .pipeline import Batch, BatchTransform, Step
 
 ImageBox = tuple[int, int, int, int]  # (top, bottom, left, right) in pixels
 
@@ -49,26 +43,24 @@ def paste_box(images: paddle.Tensor, box: ImageBox) -> paddle.Tensor:
     return paddle.concat([images[:, :, :top], patch, images[:, :, bottom:]], axis=2)
 
 
-@HOOKS.register
-class MixupHook(Hook):
+@BATCH_TRANSFORMS.register
+class Mixup(BatchTransform):
     """Per batch: with probability ``prob`` mix the images with the batch-flipped batch, by Mixup
-    (``lam ~ Beta(mixup_alpha)``) or CutMix (``lam ~ Beta(cutmix_alpha)``, chosen with
-    ``switch_prob`` when both are on), and mix the targets with the same ``lam`` (for CutMix
-    the area share actually pasted when ``correct_lam``). Runs before MixToken, as the official
-    loader does. Draws are seeded by (run seed, rank, step)."""
+    (``lam ~ Beta(mixup_alpha)``) or CutMix (``lam ~ Beta(cutmix_alpha)``, chosen with ``switch_prob``
+    when both are on), and mix the targets with the same ``lam`` (for CutMix the area share actually
+    pasted when ``correct_lam``). After the target stage, before the teacher and MixToken, as the
+    official loader. Draws are seeded by (run seed, rank, step)."""
 
-    priority = 8
-    STREAM = 2
+    stream = 2
 
     def __init__(self, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, cutmix_minmax: list[float] | None = None,
                  prob: float = 1.0, switch_prob: float = 0.5, correct_lam: bool = True):
         if mixup_alpha <= 0 and cutmix_alpha <= 0 and cutmix_minmax is None:
-            raise ConfigError("MixupHook needs mixup_alpha > 0, cutmix_alpha > 0 or cutmix_minmax")
+            raise ConfigError("Mixup needs mixup_alpha > 0, cutmix_alpha > 0 or cutmix_minmax")
         if cutmix_minmax is not None and not (len(cutmix_minmax) == 2 and 0 < cutmix_minmax[0] < cutmix_minmax[1] <= 1):
-            raise ConfigError(f"MixupHook cutmix_minmax must be [min, max] with 0 < min < max <= 1, "
-                              f"got {cutmix_minmax}")
+            raise ConfigError(f"Mixup cutmix_minmax must be [min, max] with 0 < min < max <= 1, got {cutmix_minmax}")
         if not (0 <= prob <= 1 and 0 <= switch_prob <= 1):
-            raise ConfigError(f"MixupHook prob and switch_prob must be in [0, 1], got {prob}, {switch_prob}")
+            raise ConfigError(f"Mixup prob and switch_prob must be in [0, 1], got {prob}, {switch_prob}")
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = 1.0 if cutmix_minmax is not None else cutmix_alpha
         self.cutmix_minmax = tuple(cutmix_minmax) if cutmix_minmax is not None else None
@@ -87,21 +79,18 @@ class MixupHook(Hook):
         alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
         return float(rng.beta(alpha, alpha)), use_cutmix
 
-    def before_train_iter(self, trainer: "Trainer") -> None:
-        rng = np.random.RandomState(derived_seed(trainer.seed, trainer.rank, trainer.global_step, self.STREAM))
-        if trainer.targets.ndim < 2:
-            raise ConfigError("MixupHook mixes soft targets: configure data.target (TokenLabelTargets, or "
-                              "SoftTargets for plain class labels)")
+    def __call__(self, batch: Batch, step: Step) -> Batch:
+        rng = step.rng(self.stream)
         lam, use_cutmix = self.sample(rng)
         if lam == 1.0:
-            return
-        images = trainer.images
+            return batch
+        images = batch.images
         if use_cutmix:
             height, width = images.shape[2:]
             box = cutmix_box(rng, height, width, lam, self.cutmix_minmax)
-            trainer.images = paste_box(images, box)
+            images = paste_box(images, box)
             if self.correct_lam or self.cutmix_minmax is not None:
                 lam = 1.0 - (box[1] - box[0]) * (box[3] - box[2]) / (height * width)
         else:
-            trainer.images = images * lam + images.flip(0) * (1.0 - lam)
-        trainer.targets = mix_targets(trainer.targets, lam)
+            images = images * lam + images.flip(0) * (1.0 - lam)
+        return batch.replace(images=images, targets=mix_targets(batch.targets, lam))

@@ -1,0 +1,51 @@
+"""A run's config: a YAML file over :data:`DEFAULTS`, with the image size said once (``model.img_size``)."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from .. import datasets  # noqa: F401  (registers the transforms)
+from ..utils.config import Config, load_config
+from ..utils.registry import TRANSFORMS, accepted_arguments
+from .defaults import DEFAULTS
+
+IMAGE_SIZE_ARGUMENTS = ("size", "img_size")  # transform arguments that are the model's input size
+
+
+def load_run_config(path: str, overrides: Iterable[str] = ()) -> Config:
+    """``path`` (with its ``_base_`` files) over the defaults, ``overrides`` applied; then every data
+    transform that takes an input size (:data:`IMAGE_SIZE_ARGUMENTS`) and does not set one gets the
+    model's square ``img_size``, so that a fine-tune config or ``-o model.img_size=384`` changes the
+    model and its crops together."""
+    cfg = load_config(path, overrides, DEFAULTS)
+    side = square_side(model_img_size(cfg["model"]))
+    if side is not None:
+        for split in ("train", "val"):
+            dataset = cfg["data"][split]
+            if isinstance(dataset, Mapping) and isinstance(dataset.get("transforms"), list):
+                dataset["transforms"] = [with_image_size(spec, side) for spec in dataset["transforms"]]
+    return cfg
+
+
+def model_img_size(model: Any) -> Any:
+    """``img_size`` of a model mapping: a preset's, or its backbone's (``name: Classifier``)."""
+    if not isinstance(model, Mapping):
+        return None
+    backbone = model.get("backbone")
+    return model.get("img_size", backbone.get("img_size") if isinstance(backbone, Mapping) else None)
+
+
+def square_side(img_size: Any) -> int | None:
+    """The side of a square ``img_size`` (an int or a pair of equal ints), else None."""
+    if isinstance(img_size, int) and not isinstance(img_size, bool):
+        return img_size
+    if isinstance(img_size, (list, tuple)) and len(img_size) == 2 and img_size[0] == img_size[1]:
+        return square_side(img_size[0])
+    return None
+
+
+def with_image_size(spec: Any, side: int) -> Any:
+    """``spec`` with ``side`` as each input-size argument its transform takes and it leaves unset."""
+    if not isinstance(spec, Mapping) or spec.get("name") not in TRANSFORMS:
+        return spec  # the registry names the problem when the transform is built
+    accepted = accepted_arguments(TRANSFORMS.get(spec["name"]))[0]
+    return {**spec, **{key: side for key in IMAGE_SIZE_ARGUMENTS if key in accepted and key not in spec}}

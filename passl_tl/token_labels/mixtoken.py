@@ -1,0 +1,139 @@
+"""MixToken (LV-ViT): a CutMix box on the token grid, swapped between each sample and its batch-flipped
+partner. Everything of it lives here: the box drawn per step (:class:`MixToken`, a batch stage), the
+tokens swapped inside the backbone (:func:`mix_tokens`), the dense logits swapped back in the head
+(:func:`unmix_tokens`) and the class target mixed by the box's share (:func:`mix_class_target`).
+
+Box convention (official ``rand_bbox``): ``(x1, y1, x2, y2)`` covers rows ``x1:x2`` and columns
+``y1:y2`` of the ``[rows, cols]`` token grid; an empty box (``x1 == x2`` or ``y1 == y2``) mixes nothing.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import paddle
+from paddle import Tensor
+
+from ..batch.pipeline import Batch, BatchTransform, MixBox, Step
+from ..utils.dist import world_size
+from ..utils.registry import BATCH_TRANSFORMS, ConfigError
+
+
+def sample_mix_box(rng: np.random.RandomState, grid_size: Sequence[int], alpha: float = 1.0) -> MixBox:
+    """Draw ``lam ~ Beta(alpha, alpha)`` and a box on the token grid.
+
+    The draws (beta, then the row centre, then the column centre) are made in the official order, so a
+    ``RandomState`` seeded like the official global RNG gives the same box. The box may be empty.
+    """
+    rows, cols = grid_size
+    lam = rng.beta(alpha, alpha)
+    cut = math.sqrt(1.0 - lam)
+    cut_rows, cut_cols = int(rows * cut), int(cols * cut)
+    cx = rng.randint(rows)
+    cy = rng.randint(cols)
+    x1 = int(np.clip(cx - cut_rows // 2, 0, rows))
+    x2 = int(np.clip(cx + cut_rows // 2, 0, rows))
+    y1 = int(np.clip(cy - cut_cols // 2, 0, cols))
+    y2 = int(np.clip(cy + cut_cols // 2, 0, cols))
+    return x1, y1, x2, y2
+
+
+def is_empty(box: Sequence[int] | None) -> bool:
+    return box is None or box[0] >= box[2] or box[1] >= box[3]
+
+
+def flip_box(x: Tensor, box: Sequence[int] | None, row_axis: int) -> Tensor:
+    """Inside ``box``, give sample i the values of sample B−1−i; the box covers indices x1:x2 of
+    ``row_axis`` and y1:y2 of the axis after it. Applying it twice is the identity."""
+    if box is None:
+        return x
+    x1, y1, x2, y2 = (int(v) for v in box)
+    col_axis = row_axis + 1
+    rows, cols = x.shape[row_axis], x.shape[col_axis]
+    if not (0 <= x1 <= x2 <= rows and 0 <= y1 <= y2 <= cols):
+        raise ValueError(f"box {tuple(box)} does not fit a {rows}x{cols} grid")
+    if x1 == x2 or y1 == y2:
+        return x
+    band = paddle.slice(x, [row_axis], [x1], [x2])
+    inside = paddle.flip(paddle.slice(band, [col_axis], [y1], [y2]), axis=0)
+    return _replace_span(x, row_axis, x1, x2, _replace_span(band, col_axis, y1, y2, inside))
+
+
+def _replace_span(x: Tensor, axis: int, start: int, stop: int, middle: Tensor) -> Tensor:
+    """``x`` with indices start:stop along ``axis`` replaced by ``middle``."""
+    before = paddle.slice(x, [axis], [0], [start])
+    after = paddle.slice(x, [axis], [stop], [x.shape[axis]])
+    return paddle.concat([before, middle, after], axis=axis)
+
+
+def mix_tokens(tokens: Tensor, grid_size: Sequence[int], box: Sequence[int] | None) -> Tensor:
+    """Row-major tokens ``[B, N, D]`` of the ``grid_size`` grid with the box swapped between partners."""
+    B, N, D = tokens.shape
+    rows, cols = grid_size
+    if N != rows * cols:
+        raise ValueError(f"these images give {N} patch tokens, the model was built for a {rows}x{cols} token grid")
+    if is_empty(box):
+        return tokens
+    return flip_box(tokens.reshape([B, rows, cols, D]), box, row_axis=1).reshape([B, N, D])
+
+
+unmix_tokens = mix_tokens  # swapping the box back is the same swap: each token's logits realign with its sample
+
+
+def mix_lam(box: Sequence[int] | None, num_tokens: int) -> float:
+    """Share of its own tokens a sample keeps: ``1 - box area / N``."""
+    if box is None:
+        return 1.0
+    x1, y1, x2, y2 = (int(v) for v in box)
+    return 1.0 - (x2 - x1) * (y2 - y1) / num_tokens
+
+
+def mix_class_target(target: Tensor, box: Sequence[int] | None, num_tokens: int) -> Tensor:
+    """The class target under MixToken: ``lam * t + (1 - lam) * t.flip(0)`` (unchanged without a box)."""
+    lam = mix_lam(box, num_tokens)
+    return target if lam >= 1.0 else lam * target + (1.0 - lam) * target.flip(0)
+
+
+@BATCH_TRANSFORMS.register
+class MixToken(BatchTransform):
+    """Batch stage: a fresh box on the model's token grid every step (``Batch.mix_box``).
+
+    The box is seeded by (run seed, rank, global step), so runs and resumed runs are reproducible and
+    ranks draw independently. ``box_seeds`` replays a recorded run instead: step ``k`` draws from
+    ``RandomState(box_seeds[k])``, as the official code after ``np.random.seed(box_seeds[k])`` (one
+    seed per optimizer step of the whole run, one process). Only heads that un-mix their per-token
+    outputs (``mixes_tokens``) can train with it, as officially.
+    """
+
+    stream = 1
+
+    def __init__(self, alpha: float = 1.0, box_seeds: Sequence[int] | None = None):
+        if box_seeds is not None and not all(isinstance(s, int) and s >= 0 for s in box_seeds):
+            raise ConfigError(f"MixToken box_seeds must be a list of non-negative integers, got {box_seeds!r}")
+        self.alpha = alpha
+        self.box_seeds = None if box_seeds is None else list(box_seeds)
+        self.grid_size: tuple[int, int] | None = None
+
+    def bind(self, model: paddle.nn.Layer, amp_context: Callable | None) -> None:
+        backbone, head = model.backbone, model.head
+        if getattr(backbone, "grid_size", None) is None:
+            raise ConfigError(f"MixToken needs a backbone with a token grid; {type(backbone).__name__} has none "
+                              f"(remove batch.mixtoken)")
+        if not getattr(head, "mixes_tokens", False):
+            raise ConfigError(f"MixToken needs a head that un-mixes per-token outputs (TokenLabelHead); "
+                              f"{type(head).__name__} has none (remove batch.mixtoken)")
+        self.grid_size = tuple(backbone.grid_size)
+
+    def check_steps(self, steps: int) -> None:
+        """``box_seeds`` must cover the run's ``steps`` (one process)."""
+        if self.box_seeds is not None and (len(self.box_seeds) < steps or world_size() > 1):
+            raise ConfigError(f"MixToken box_seeds replays one process's run: it needs a seed for each of the "
+                              f"{steps} steps and one process, got {len(self.box_seeds)} seeds and {world_size()} "
+                              f"processes")
+
+    def __call__(self, batch: Batch, step: Step) -> Batch:
+        rng = (np.random.RandomState(self.box_seeds[step.global_step]) if self.box_seeds is not None
+               else step.rng(self.stream))
+        box = sample_mix_box(rng, self.grid_size, self.alpha)
+        return batch.replace(mix_box=None if is_empty(box) else box)
