@@ -8,8 +8,8 @@ from typing import Any, Sequence
 import paddle
 import paddle.nn as nn
 
+from ..utils.inference import INPUT_NAME, save_program
 from .preprocess import Preprocessor
-from .program import INPUT_NAME, save_program
 
 MODEL_PREFIX = "inference"
 METADATA_FILE = "inference_meta.json"

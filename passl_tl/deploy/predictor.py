@@ -9,10 +9,10 @@ import paddle
 
 from ..engine.run_config import load_run_config
 from ..models import build_model, load_weights
+from ..utils.inference import create_cpu_predictor, onednn_available, run_predictor
 from ..utils.threads import available_cpus
 from .export import METADATA_FILE, read_metadata
 from .preprocess import Preprocessor, config_eval_transforms
-from .program import create_cpu_predictor, onednn_available, run_predictor
 
 
 class DygraphPredictor:

@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 import paddle
 
+from ..utils.inference import create_cpu_predictor, onednn_available, run_predictor, save_program
 from ..utils.registry import ConfigError
 from ..utils.threads import cpu_threads, set_cpu_threads
 
@@ -36,7 +37,6 @@ Forward = Callable[[paddle.Tensor], paddle.Tensor]  # images -> logits
 
 def resolve_eval_backend(backend: str, amp: bool) -> str:
     """``"dygraph"`` or ``"onednn"`` for the configured ``backend`` on the current device."""
-    from ..deploy.program import onednn_available  # deploy imports the engine: import at use
     if backend not in EVAL_BACKENDS:
         raise ConfigError(f"eval_backend must be one of {', '.join(EVAL_BACKENDS)}, got {backend!r}")
     on_cpu = paddle.get_device().startswith("cpu")
@@ -61,7 +61,6 @@ class OneDNNForward:
         self._predictors: dict[tuple[int, ...], object] = {}
 
     def __call__(self, images: paddle.Tensor) -> paddle.Tensor:
-        from ..deploy.program import create_cpu_predictor, run_predictor, save_program
         key = tuple(images.shape[1:])
         if key not in self._predictors:
             with tempfile.TemporaryDirectory(prefix="passl_tl_eval_") as tmp:
