@@ -1,14 +1,36 @@
-"""Shared test helpers: where the reference fixtures live, and small builders."""
+"""Shared test helpers: where the reference fixtures live, the demo training run every end-to-end test
+starts from, 2-process launches, and writers of files in other tools' formats."""
+import importlib
 import logging
 import os
+import struct
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
 
+import cv2
 import numpy as np
+import paddle
 import pytest
 
 FIXTURES_ENV = "PASSL_TL_FIXTURES"
 REQUIRE_ENV = "PASSL_TL_REQUIRE_FIXTURES"  # set by .ci/run: a missing fixture fails instead of skipping
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FIXTURES = os.path.join(REPO_ROOT, "..", "shared", "fixtures", "reference")
+TOOLS_DIR = os.path.join(REPO_ROOT, "tools")
+DEMO_CONFIG = os.path.join(REPO_ROOT, "configs", "lvvit", "lvvit_demo.yaml")
+
+
+
+def import_tool(name: str):
+    """The script ``tools/<name>.py`` as a module; tools/ goes on sys.path as when the script runs."""
+    if TOOLS_DIR not in sys.path:
+        sys.path.insert(0, TOOLS_DIR)
+    return importlib.import_module(name)
+
+
+train = import_tool("train")
 
 
 def fixtures_dir() -> str:
@@ -59,3 +81,151 @@ def logger_propagates_after_each_test():
     ``caplog`` sees the records of whatever test runs next."""
     yield
     logging.getLogger("passl_tl").propagate = True
+
+
+# ---- the demo training run ----
+
+def small_run_overrides(data_root: str, out_dir: str, epochs: int = 2, workers: int = 0) -> list[str]:
+    """The demo recipe on a smaller demo set: 80 train images (5 iterations of 16), 30 val images."""
+    sizes = "train_per_class=8 val_per_class=3".split()
+    return ([f"data.{split}.root={data_root}" for split in ("train", "val")]
+            + [f"data.{split}.{s}" for split in ("train", "val") for s in sizes]
+            + [f"output_dir={out_dir}", f"epochs={epochs}", "data.batch_size=16", "data.val_batch_size=8",
+               f"data.num_workers={workers}", "model.drop_path_rate=0.1", "hooks.logger.interval=2",
+               "lr_scheduler.warmup_lr=3e-5", "hooks.checkpoint.interval_iters=2", "hooks.checkpoint.keep_last=4"])
+
+
+@dataclass(frozen=True)
+class ReferenceRun:
+    data_root: str  # the small demo set (written by the run)
+    out: str  # its output dir: read it, never write into it
+    metrics: dict  # what train.main returned
+    scalars: list  # (tag, step, value) of every VisualDL add_scalar call
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory) -> ReferenceRun:
+    """One uninterrupted demo run (2 epochs of 5 iterations, checkpoints at iterations 2, 4 and 5) that the
+    end-to-end and fault tests compare against and start from."""
+    from visualdl import LogWriter
+    base = tmp_path_factory.mktemp("reference_run")
+    data_root, out, scalars = str(base / "demo"), str(base / "out"), []
+    add_scalar = LogWriter.add_scalar
+
+    def recording_add_scalar(self, tag, value, step, *args, **kwargs):
+        scalars.append((tag, step, float(value)))
+        return add_scalar(self, tag, value, step, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LogWriter, "add_scalar", recording_add_scalar)
+        metrics = train.main(["-c", DEMO_CONFIG, "-o", *small_run_overrides(data_root, out)])
+    return ReferenceRun(data_root, out, metrics, scalars)
+
+
+def state(path: str) -> dict:
+    return {k: v.numpy() for k, v in paddle.load(path).items()}
+
+
+def assert_same_state(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys(), what
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=f"{what}: {k}")
+
+
+# ---- subprocesses ----
+
+def clean_env(**extra: str) -> dict:
+    """This process's environment without Paddle's launch variables, with the repo importable (scripts under
+    tests/ import ``tests.conftest``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PADDLE_", "FLAGS_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
+    return {**env, **extra}
+
+
+def launch_two(args: list[str], log_dir, timeout: float = 300, check: bool = True, **env: str):
+    """``python -m paddle.distributed.launch`` of 2 CPU processes running ``args`` (a script and its arguments);
+    returns the finished process and each rank's log. ``check``: a non-zero exit fails, showing the logs' tails."""
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(log_dir),
+           *args]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=clean_env(**env), capture_output=True, text=True, timeout=timeout)
+    paths = [os.path.join(str(log_dir), f"workerlog.{r}") for r in (0, 1)]
+    logs = [open(p, encoding="utf-8").read() if os.path.exists(p) else "" for p in paths]
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + logs[0][-3000:] + logs[1][-3000:]
+    return proc, logs
+
+
+# ---- files in other tools' formats ----
+
+TORCH_STORAGES = {np.dtype("float32"): "FloatStorage", np.dtype("float16"): "HalfStorage",
+                  np.dtype("int64"): "LongStorage"}
+
+
+def write_torch_zip(path, obj) -> str:
+    """What ``torch.save(obj, path)`` writes (zip format, pickle protocol 2) for nested dicts of
+    str -> NumPy array / int; each array becomes a tensor with its own storage."""
+    storages = []
+
+    def text(value):
+        data = value.encode()
+        return b"X" + struct.pack("<I", len(data)) + data
+
+    def tup(items):
+        return b"(" + b"".join(items) + b"t"
+
+    def put(value):
+        if isinstance(value, dict):
+            return b"}(" + b"".join(text(k) + put(v) for k, v in value.items()) + b"u"
+        if isinstance(value, (int, np.integer)):
+            return b"J" + struct.pack("<i", int(value))
+        array = np.ascontiguousarray(value)
+        storages.append(array)
+        storage = b"ctorch\n" + TORCH_STORAGES[array.dtype].encode() + b"\n"
+        pid = tup([text("storage"), storage, text(str(len(storages) - 1)), text("cpu"), put(array.size)]) + b"Q"
+        strides = [int(np.prod(array.shape[i + 1:])) for i in range(array.ndim)]
+        hooks = b"ccollections\nOrderedDict\n)R"
+        return (b"ctorch._utils\n_rebuild_tensor_v2\n"
+                + tup([pid, put(0), tup(map(put, array.shape)), tup(map(put, strides)), b"\x89", hooks]) + b"R")
+
+    pickled = b"\x80\x02" + put(obj) + b"."
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("archive/data.pkl", pickled)
+        archive.writestr("archive/byteorder", "little")
+        for i, array in enumerate(storages):
+            archive.writestr(f"archive/data/{i}", array.tobytes())
+    return str(path)
+
+
+# ---- a tiny ImageNet-layout split with token labels ----
+
+WNIDS = ("n02000000", "n01000000", "n03000000")  # sorted: n01.., n02.., n03..
+COLOURS = {"n01000000": (255, 0, 0), "n02000000": (0, 255, 0), "n03000000": (0, 0, 255)}
+PER_CLASS = 3
+AUGMENT = [{"name": "RandomHorizontalFlipWithLabel"},
+           {"name": "RandomResizedCropWithCoords", "size": 16, "scale": [0.2, 1.0]},
+           {"name": "Normalize"}]
+
+
+def label_map(seed: int, dtype=np.float16) -> np.ndarray:
+    """A [2, 3, 9, 9] map: descending logits, a random permutation of the 3 class ids per cell."""
+    rs = np.random.RandomState(seed)
+    logits = -np.sort(-rs.uniform(0, 10, (3, 9, 9)), axis=0)
+    ids = np.argsort(rs.rand(3, 9, 9), axis=0)
+    return np.stack([logits, ids]).astype(dtype)
+
+
+def write_split(root, label_root=None, wnids=WNIDS, label_dtype=np.float16) -> dict:
+    """PNG images (exact pixels) with a coloured left half; returns {relative path: label array}."""
+    labels = {}
+    for c, wnid in enumerate(wnids):
+        os.makedirs(os.path.join(root, wnid), exist_ok=True)
+        for n in range(PER_CLASS):
+            img = np.full((24, 32, 3), 40 * n, np.uint8)
+            img[:, :16] = COLOURS[wnid]
+            rel = f"{wnid}/{wnid}_{n}.png"
+            cv2.imwrite(os.path.join(root, rel), img[:, :, ::-1])  # cv2 writes BGR
+            if label_root is not None:
+                labels[rel] = label_map(10 * c + n, label_dtype)
+                os.makedirs(os.path.join(label_root, wnid), exist_ok=True)
+                np.save(os.path.join(label_root, wnid, f"{wnid}_{n}.npy"), labels[rel])
+    return labels

@@ -1,0 +1,182 @@
+"""tools/benchmark.py data: a tiny run yields every table and JSON key (timings are not asserted)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from passl_tl.benchmarks import data as benchmark_data
+
+from tests.conftest import DEMO_CONFIG, import_tool
+
+benchmark = import_tool("benchmark")  # tools/benchmark.py
+
+STATS = {"median", "min", "max"}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["data", "--quick", "-c", DEMO_CONFIG, "--classes-per-image", "5", "40", "--data-dir", str(out / "data"),
+            "--json", str(out / "results.json")]
+    returned = benchmark.main(argv)
+    with open(out / "results.json", encoding="utf-8") as f:
+        return returned, json.load(f), argv
+
+
+def test_json_has_every_measurement(quick):
+    returned, results, _ = quick
+    assert results == json.loads(json.dumps(returned))
+    assert set(results) == {"machine", "settings", "loader", "label_reads", "targets", "checks"}
+    assert {"cpu", "cpus", "load_average", "load_average_after", "system", "python", "paddle",
+            "numpy"} <= set(results["machine"])
+    settings = results["settings"]
+    assert [t["name"] for t in settings["transforms"]] == ["RandomHorizontalFlipWithLabel",
+                                                          "RandomResizedCropWithCoords", "Normalize"]
+    assert settings["classes_per_image"] == [5, 40] and settings["images"] == benchmark.QUICK["images"]
+    assert [(r["labels"], r["workers"]) for r in results["loader"]] == [
+        (labels, workers) for workers in (0, 1) for labels in ("none", "files", "packed")]
+    assert [(r["format"], r["cache"]) for r in results["label_reads"]] == [
+        ("files", "warm"), ("packed", "warm"), ("files", "cold"), ("packed", "cold")]
+    for row in results["loader"]:
+        assert set(row["images_per_s"]) == STATS and row["images_per_s"]["median"] > 0
+    for row in results["label_reads"]:
+        assert set(row["reads_per_s"]) == STATS and row["reads_per_s"]["median"] > 0
+    assert [r["classes_per_image"] for r in results["targets"]] == [5, 40]
+    for row in results["targets"]:
+        assert set(row) == {"classes_per_image", "classes_per_map", "dense_ms", "fast_ms", "speedup", "max_abs_diff"}
+        assert set(row["dense_ms"]) == set(row["fast_ms"]) == STATS
+        assert row["classes_per_image"] <= row["classes_per_map"] <= row["classes_per_image"] + 1  # + ground truth
+        assert 0 <= row["max_abs_diff"] <= benchmark_data.TARGETS_ATOL
+    assert [c["check"] for c in results["checks"]] == [
+        "token-label loader cost (files, 0 workers)", "token-label loader cost (packed, 0 workers)",
+        "token-label loader cost (files, 1 workers)", "token-label loader cost (packed, 1 workers)",
+        "packed / per-file label reads (warm cache)", "packed / per-file label reads (cold cache)",
+        "target builder speedup (5 classes/image)", "target builder speedup (40 classes/image)"]
+    for check in results["checks"]:
+        assert set(check) == {"check", "value", "shown", "target", "met"} and check["met"] in (True, False)
+
+
+def test_report_tables(quick, capsys):
+    _, results, _ = quick
+    text = benchmark_data.report(results)
+    for heading in ("machine:", "loader:", "label reads:", "targets:"):
+        assert heading in text
+    for header in ("| labels | workers | images/s", "| format | cache | labels/s", "| classes/image |",
+                   "| check "):
+        assert header in text
+    assert text.count("\n| ") >= 6 + 4 + 2 + 8  # a row per measurement and check
+    assert "yes" in text or "NO" in text
+
+
+def test_data_dir_is_reused(quick, tmp_path):
+    _, _, argv = quick
+    data_dir = argv[argv.index("--data-dir") + 1]
+    before = sorted(os.listdir(data_dir))
+    benchmark.main(["data", "--quick", "-c", DEMO_CONFIG, "--data-dir", data_dir, "--classes-per-image", "5"])
+    assert sorted(os.listdir(data_dir)) == before
+
+
+def test_different_targets_are_refused(monkeypatch):
+    """The timing asserts that the new builder reproduces the dense formulation."""
+    real = benchmark_data.make_token_targets
+    monkeypatch.setattr(benchmark_data, "make_token_targets", lambda labels, **kw: real(labels, **kw) * 1.01)
+    settings = benchmark_data.DataSettings(transforms=[], target_batch=2, repeats=1, warmup=0)
+    with pytest.raises(AssertionError, match="differs from the dense formulation"):
+        benchmark_data.target_times(settings, classes_per_image=6)
+
+
+def test_synthetic_labels():
+    labels = benchmark_data.synthetic_token_labels(3, 50, 7, seed=4)
+    assert labels.shape == (3, 3, 5, 18, 18) and labels.dtype == np.float32
+    for sample in labels:
+        assert len(np.unique(sample[1])) == 7
+        assert all(len(set(sample[1, :, r, c])) == 5 for r in range(18) for c in range(18))
+        assert (np.diff(sample[0], axis=0) <= 0).all()  # logits descending
+        top, left, height, width = sample[2, 0, 0, :4]
+        assert 0 <= top and 0 <= left and top + height <= 1 and left + width <= 1
+        assert sample[2, 0, 0, 5] in sample[1]
+    np.testing.assert_array_equal(labels, benchmark_data.synthetic_token_labels(3, 50, 7, seed=4))
+    with pytest.raises(ValueError, match="classes_per_image"):
+        benchmark_data.synthetic_token_labels(1, 50, 4)
+
+
+def test_a_subcommand_is_required(capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main([])
+
+
+# ----------------------------------------------------------------------------- model part
+from passl_tl.benchmarks import model as benchmark_model  # noqa: E402
+
+PHASE_KEYS = {"images_per_s", "seconds", "warmup_seconds", "peak_rss_mb", "threads", "amp", "parameters"}
+TRAIN_KEYS = PHASE_KEYS | {"loss", "hooks", "batch_stages", "last_mix_box", "grad_scaler"}
+
+
+@pytest.fixture(scope="module")
+def quick_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_model") / "model.json"
+    returned = benchmark.main(["model", "--quick", "--threads", "1", "--json", str(out)])
+    with open(out, encoding="utf-8") as f:
+        return returned, json.load(f)
+
+
+def test_model_json_has_every_measurement(quick_model):
+    returned, results = quick_model
+    assert results == json.loads(json.dumps(returned))
+    assert set(results) == {"machine", "settings", "train", "eval", "checks"}
+    assert {"cpu", "cpus", "load_average", "load_average_after", "paddle"} <= set(results["machine"])
+    settings = results["settings"]
+    assert settings["batch_size"] == benchmark.MODEL_QUICK["batch_size"] and settings["threads"] == 1
+    assert settings["subprocess"] is True and settings["precision"] == "fp32"
+    assert set(results["train"]) == TRAIN_KEYS and set(results["eval"]) == PHASE_KEYS | {"backend"}
+    assert settings["eval_backend"] == "auto" and results["eval"]["backend"] == "onednn"  # auto on this CPU
+    for phase in ("train", "eval"):
+        r = results[phase]
+        assert set(r["images_per_s"]) == set(r["seconds"]) == STATS and r["images_per_s"]["median"] > 0
+        assert len(r["warmup_seconds"]) == settings["warmup"]
+        assert r["peak_rss_mb"] > 0
+        assert r["threads"]["requested"] == 1 and r["threads"]["env"]["OMP_NUM_THREADS"] == "1"
+        assert r["threads"]["in_effect"] == 1  # the OpenMP runtime Paddle loaded reports the requested count
+        assert r["amp"] == {"requested": "float32", "linear_output_dtypes": ["float32"], "applied": True}
+    train = results["train"]
+    assert train["hooks"] == ["LRSchedulerHook"]
+    assert train["batch_stages"] == {"target": "TokenLabelTargets", "mixtoken": "MixToken"}
+    assert np.isfinite(train["loss"])
+    assert [c["check"] for c in results["checks"]] == ["train_images_per_s", "eval_images_per_s", "peak_rss_mb"]
+    for check in results["checks"]:
+        assert set(check) == {"check", "value", "target", "met", "comparable"} and check["comparable"] is False
+
+
+def test_model_report_tables(quick_model):
+    _, results = quick_model
+    text = benchmark_model.report(results)
+    for heading in ("machine:", "model:", "train step:", "| phase ", "| images/s | min-max", "| check "):
+        assert heading in text
+    assert "| train " in text and "| eval (onednn) " in text and "not comparable" in text
+
+
+def test_model_train_step_is_the_trainers(monkeypatch):
+    """The timed step runs Trainer.train_step and the optimizer update once per iteration (no shortcut)."""
+    from passl_tl.engine.optim_wrapper import OptimWrapper
+    from passl_tl.engine.trainer import Trainer
+    calls = {"train_step": 0, "update": 0}
+    for cls, name in ((Trainer, "train_step"), (OptimWrapper, "update")):
+        real = getattr(cls, name)
+
+        def counted(*args, _real=real, _name=name):
+            calls[_name] += 1
+            return _real(*args)
+        monkeypatch.setattr(cls, name, counted)
+    settings = benchmark_model.ModelSettings(batch_size=2, img_size=32, warmup=1, repeats=2, num_classes=10,
+                                             classes_per_image=6, subprocess=False, threads=1)
+    result = benchmark_model.run_phase(settings, "train")
+    assert calls == {"train_step": 3, "update": 3}
+    assert len(result["warmup_seconds"]) == 1 and np.isfinite(result["loss"])
+
+
+def test_model_bad_settings():
+    with pytest.raises(ValueError, match="precision"):
+        benchmark_model.ModelSettings(precision="int8")
+    with pytest.raises(SystemExit):
+        benchmark.main(["model", "--precision", "int8"])
