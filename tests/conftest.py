@@ -1,5 +1,7 @@
 """Shared test helpers: where the reference fixtures live, the demo training run every end-to-end test
-starts from, 2-process launches, and writers of files in other tools' formats."""
+starts from, 2-process launches, and writers of files in other tools' formats; and the hang guard that fails a
+test running over $PASSL_TL_TEST_TIMEOUT seconds (default 300)."""
+import faulthandler
 import importlib
 import logging
 import os
@@ -83,6 +85,42 @@ def logger_propagates_after_each_test():
     logging.getLogger("passl_tl").propagate = True
 
 
+# ---- a hung test fails instead of stalling the suite ----
+
+TEST_TIMEOUT_ENV = "PASSL_TL_TEST_TIMEOUT"
+DEFAULT_TEST_TIMEOUT_S = 300.0  # the slowest test takes ~25 s on a 2-core CPU VM
+_guard_stderr: list[int] = []  # a duplicate of the real stderr, taken before pytest captures it
+
+
+def hang_limit() -> float:
+    """Seconds a test may take (setup, call and teardown) before the hang guard ends the run: the value of
+    ``$PASSL_TL_TEST_TIMEOUT`` (default 300; 0 turns the guard off)."""
+    return float(os.environ.get(TEST_TIMEOUT_ENV) or DEFAULT_TEST_TIMEOUT_S)
+
+
+def pytest_configure(config):
+    if not _guard_stderr:
+        _guard_stderr.append(os.dup(sys.stderr.fileno()))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """The hang guard (pytest-timeout is not a dependency): a test still running after ``hang_limit()``
+    seconds, its fixtures' setup and teardown included, ends the whole pytest process with exit code 1 after
+    printing every thread's stack to stderr, so that CI fails at once and shows where it hung.
+    ``faulthandler``'s watchdog is a C thread: it fires even when the hung thread holds the GIL or waits in C++
+    (a DataLoader read, a collective), where a Python-level timeout never runs."""
+    limit = hang_limit()
+    if limit > 0:
+        faulthandler.dump_traceback_later(limit, exit=True,
+                                          file=_guard_stderr[0] if _guard_stderr else sys.__stderr__)
+    try:
+        yield
+    finally:
+        if limit > 0:
+            faulthandler.cancel_dump_traceback_later()
+
+
 # ---- the demo training run ----
 
 def small_run_overrides(data_root: str, out_dir: str, epochs: int = 2, workers: int = 0) -> list[str]:
@@ -130,6 +168,32 @@ def assert_same_state(a: dict, b: dict, what: str) -> None:
     assert a.keys() == b.keys(), what
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=f"{what}: {k}")
+
+
+def flatten(state: dict, prefix: str = "") -> dict:
+    """Every array of a (nested) checkpoint state, by path."""
+    out = {}
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "/"))
+        elif isinstance(value, paddle.Tensor):
+            out[name] = value.numpy()
+        else:
+            out[name] = np.asarray(value)
+    return out
+
+
+def assert_same_final_state(reference_dir: str, out_dir: str,
+                            names: tuple = ("final.pdparams", "final_ema.pdparams", "ckpt_e0001_i000005.pdckpt")):
+    """Weights, EMA, optimizer moments, LR schedule, hook states and sampler position all equal (by default
+    those of the reference run's end)."""
+    for name in names:
+        a = flatten(paddle.load(os.path.join(reference_dir, name)))
+        b = flatten(paddle.load(os.path.join(out_dir, name)))
+        assert a.keys() == b.keys(), name
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
 
 
 # ---- subprocesses ----

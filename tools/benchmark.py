@@ -28,6 +28,7 @@ import sys
 
 from passl_tl.benchmarks import model as benchmark_model
 from passl_tl.benchmarks.data import DataSettings, report, run_data_benchmark
+from passl_tl.engine.data import reader_errors_raised
 from passl_tl.engine.run_config import load_run_config
 from passl_tl.engine.eval_forward import EVAL_BACKENDS
 from passl_tl.utils.cli import add_config_arguments, run_tool
@@ -98,7 +99,8 @@ def data_settings(args: argparse.Namespace) -> DataSettings:
 
 
 def data_command(args: argparse.Namespace) -> dict:
-    results = run_data_benchmark(data_settings(args))
+    with reader_errors_raised():  # a bad file in --data-dir: its error, not the loader's "Blocking queue is killed"
+        results = run_data_benchmark(data_settings(args))
     print(report(results))
     return results
 

@@ -21,6 +21,7 @@ import paddle
 
 from passl_tl import build_model, load_weights
 from passl_tl.datasets.imagenet_token_label import ImageNetTokenLabel
+from passl_tl.engine.data import reader_errors_raised
 from passl_tl.engine.run_config import load_run_config
 from passl_tl.token_labels.generation import LabelingResult, eval_transform_specs, generate_token_labels
 from passl_tl.utils.cli import add_config_arguments, run_tool
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = ImageNetTokenLabel(args.data, transforms=transforms, class_list=args.class_list)
     model = build_model(cfg)
     logger.info(f"teacher {cfg['model']['name']}: {load_weights(model, args.teacher_weights)}")
-    result = generate_token_labels(model, dataset, args.out, args.topk, args.batch_size, args.num_workers)
+    with reader_errors_raised():  # a bad image: its error, not the loader's "Blocking queue is killed"
+        result = generate_token_labels(model, dataset, args.out, args.topk, args.batch_size, args.num_workers)
     if is_main():
         print(f"{result.total} images: {result.written} labelled, {result.skipped} already labelled; "
               f"labels in {args.out}")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -18,6 +19,7 @@ from passl_tl.engine.checkpoint import check_writable
 from passl_tl.engine.data import build_dataset, build_loader, check_data_matches_model
 from passl_tl.engine.eval_forward import resolve_eval_backend
 from passl_tl.engine.run_config import load_run_config
+from passl_tl.engine.run_lock import OutputDirLock
 from passl_tl.engine.trainer import amp_context_from
 from passl_tl.utils.cli import add_config_arguments, run_tool
 from passl_tl.utils.config import ConfigError, dump_config
@@ -65,18 +67,27 @@ def main(argv: list[str] | None = None) -> dict:
     for option, path in (("--load", args.load), ("--resume", None if args.resume == "auto" else args.resume)):
         if path and not os.path.isfile(path):
             raise FileNotFoundError(f"{option} {path}: no such file")
-    cfg = load_run_config(args.config, args.override)
-    if args.seed is not None:
-        cfg["seed"] = args.seed
+    seed = [f"seed={args.seed}"] if args.seed is not None else []  # checked as the config's seed is
+    cfg = load_run_config(args.config, [*args.override, *seed])
     Trainer.check_config(cfg, args.evaluate_only)
     amp_context = amp_context_from(cfg["amp"])  # validates the amp section before any heavy work
     paddle.set_device(cfg["device"])
     resolve_eval_backend(cfg["eval_backend"], amp_context is not None)
     set_cpu_threads(cfg["threads"])
     init_distributed()
-    if not args.evaluate_only:
-        check_writable(cfg["output_dir"])
-    logger = setup_logger(None if args.evaluate_only else cfg["output_dir"])
+    if args.evaluate_only:
+        return evaluate_only(cfg, build_weights(cfg, args, setup_logger(None)))
+    check_writable(cfg["output_dir"])
+    with OutputDirLock(cfg["output_dir"]) if is_main() else contextlib.nullcontext() as lock:
+        logger = setup_logger(cfg["output_dir"])  # log.txt is written only under the lock
+        if lock is not None and lock.took_over:
+            logger.warning(f"took over the lock of {cfg['output_dir']}, left by a run that is gone "
+                           f"({lock.took_over})")
+        return run_training(cfg, args, argv, build_weights(cfg, args, logger), logger)
+
+
+def build_weights(cfg, args: argparse.Namespace, logger) -> paddle.nn.Layer:
+    """The model, with ``--load`` weights if given."""
     seed_everything(cfg["seed"])
     model = build_model(cfg)
     if args.load:
@@ -84,8 +95,11 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info(f"loaded weights from {args.load}: {report}")
     elif args.evaluate_only:
         logger.warning("--evaluate-only without --load: evaluating freshly initialised weights")
-    if args.evaluate_only:
-        return evaluate_only(cfg, model)
+    return model
+
+
+def run_training(cfg, args: argparse.Namespace, argv: list[str] | None, model: paddle.nn.Layer, logger) -> dict:
+    """Write the run's records (config, command, packages) and train."""
     if is_main():
         command = [os.path.abspath(__file__), *(sys.argv[1:] if argv is None else argv)]
         dump_config(cfg, os.path.join(cfg["output_dir"], "config.yaml"))

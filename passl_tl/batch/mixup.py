@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
+
 import numpy as np
 import paddle
 
-from ..utils.registry import BATCH_TRANSFORMS, ConfigError
+from ..utils.registry import BATCH_TRANSFORMS, ConfigError, NonNegativeFloat, Probability, Range
 from .pipeline import Batch, BatchTransform, Step
 
 ImageBox = tuple[int, int, int, int]  # (top, bottom, left, right) in pixels
+SideShare = Annotated[float, Range(0, 1, low_open=True)]  # of the image side, in (0, 1]
 
 
 def mix_targets(targets: paddle.Tensor, lam: float) -> paddle.Tensor:
@@ -53,8 +56,9 @@ class Mixup(BatchTransform):
 
     stream = 2
 
-    def __init__(self, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, cutmix_minmax: list[float] | None = None,
-                 prob: float = 1.0, switch_prob: float = 0.5, correct_lam: bool = True):
+    def __init__(self, mixup_alpha: NonNegativeFloat = 0.8, cutmix_alpha: NonNegativeFloat = 1.0,
+                 cutmix_minmax: tuple[SideShare, SideShare] | None = None, prob: Probability = 1.0,
+                 switch_prob: Probability = 0.5, correct_lam: bool = True):
         if mixup_alpha <= 0 and cutmix_alpha <= 0 and cutmix_minmax is None:
             raise ConfigError("Mixup needs mixup_alpha > 0, cutmix_alpha > 0 or cutmix_minmax")
         if cutmix_minmax is not None and not (len(cutmix_minmax) == 2 and 0 < cutmix_minmax[0] < cutmix_minmax[1] <= 1):

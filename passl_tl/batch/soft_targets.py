@@ -6,7 +6,7 @@ from typing import Callable
 import paddle
 import paddle.nn.functional as F
 
-from ..utils.registry import BATCH_TRANSFORMS
+from ..utils.registry import BATCH_TRANSFORMS, Rate
 from .pipeline import Batch, BatchTransform, Step
 
 
@@ -21,7 +21,7 @@ class SoftTargets(BatchTransform):
     """Class ids -> smoothed one-hot targets over the model's classes. With these the token-label head
     supervises every token with the image label (the official loss's 2-D target path)."""
 
-    def __init__(self, smoothing: float = 0.1):
+    def __init__(self, smoothing: Rate = 0.1):
         self.smoothing = smoothing
         self.num_classes: int | None = None
 

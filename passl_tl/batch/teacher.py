@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Mapping
+from typing import Annotated, Any, Callable, Mapping
 
 import paddle
 
@@ -11,7 +11,7 @@ from ..models import load_weights
 from ..models.heads import DistillationHead
 from ..utils.dist import is_main
 from ..utils.logger import get_logger
-from ..utils.registry import BATCH_TRANSFORMS, MODELS, ConfigError
+from ..utils.registry import BATCH_TRANSFORMS, MODELS, Component, ConfigError
 from .pipeline import Batch, BatchTransform, Step
 
 
@@ -26,7 +26,7 @@ class Teacher(BatchTransform):
     officially), its logits cast back to float32.
     """
 
-    def __init__(self, teacher: Mapping[str, Any], weights: str):
+    def __init__(self, teacher: Annotated[Mapping[str, Any], Component(MODELS)], weights: str):
         self.teacher_cfg = dict(teacher)
         self.weights = weights
         self.teacher: paddle.nn.Layer | None = None

@@ -10,13 +10,14 @@ from __future__ import annotations
 import colorsys
 import json
 import os
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import cv2
 import numpy as np
 
 from ..utils.atomic import write_directory_atomic
-from ..utils.registry import DATASETS
-from .imagenet_token_label import ImageNetTokenLabel
+from ..utils.registry import DATASETS, NonNegativeInt, PositiveInt
+from .imagenet_token_label import BadImageMode, BadLabelMode, ImageNetTokenLabel
 
 TOP_K = 5
 LABEL_HW = 18
@@ -176,9 +177,10 @@ def ensure_demo_dataset(root: str, **params) -> str:
 
 
 @DATASETS.register
-def DemoTokenLabel(root: str = "data/demo", split: str = "train", transforms=(), num_classes: int = 10,
-                   train_per_class: int = 60, val_per_class: int = 20, image_size: int = 64,
-                   data_seed: int = 0, bad_image: str = "error", bad_label: str = "error",
+def DemoTokenLabel(root: str = "data/demo", split: Literal["train", "val"] = "train",
+                   transforms: Sequence[Mapping[str, Any] | Callable] = (), num_classes: PositiveInt = 10,
+                   train_per_class: PositiveInt = 60, val_per_class: PositiveInt = 20, image_size: PositiveInt = 64,
+                   data_seed: NonNegativeInt = 0, bad_image: BadImageMode = "error", bad_label: BadLabelMode = "error",
                    seed: int = 0) -> ImageNetTokenLabel:
     """The demo data as an :class:`ImageNetTokenLabel` split, written first if it is missing
     (``bad_image``, ``bad_label``: that class's policies)."""

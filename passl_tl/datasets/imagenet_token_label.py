@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence, get_args
 
 import numpy as np
 
@@ -18,9 +18,12 @@ from .transforms import FULL_CROP, to_chw_float
 
 logger = logging.getLogger(__name__)
 
-MISSING_LABEL_MODES = ("error", "ground_truth")
-BAD_LABEL_MODES = ("error", "ground_truth")
-BAD_IMAGE_MODES = ("error", "skip")
+MissingLabelMode = BadLabelMode = Literal["error", "ground_truth"]
+BadImageMode = Literal["error", "skip"]
+LabelFormat = Literal["files", "packed"]  # the keys of token_labels.store.LABEL_FORMATS
+MISSING_LABEL_MODES = get_args(MissingLabelMode)
+BAD_LABEL_MODES = get_args(BadLabelMode)
+BAD_IMAGE_MODES = get_args(BadImageMode)
 # Fallback label map: the ground truth as top-1 everywhere, the other slots negligible.
 FALLBACK_TOP_LOGIT = 20.0
 FALLBACK_OTHER_LOGIT = -20.0
@@ -77,8 +80,9 @@ class ImageNetTokenLabel:
 
     def __init__(self, root: str, label_root: str | None = None,
                  transforms: Sequence[Mapping[str, Any] | Callable] = (), list_file: str | None = None,
-                 class_list: str | None = None, missing_label: str = "error", label_format: str = "files",
-                 bad_label: str = "error", bad_image: str = "error", seed: int = 0):
+                 class_list: str | None = None, missing_label: MissingLabelMode = "error",
+                 label_format: LabelFormat = "files", bad_label: BadLabelMode = "error",
+                 bad_image: BadImageMode = "error", seed: int = 0):
         if not os.path.isdir(root):
             raise FileNotFoundError(f"dataset root {root} does not exist")
         for key, value, modes in (("missing_label", missing_label, MISSING_LABEL_MODES),

@@ -17,21 +17,23 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence, get_args
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from ..utils.registry import TRANSFORMS, ConfigError
+from ..utils.registry import TRANSFORMS, ConfigError, PositiveInt
 from .label_geometry import (Matrix, affine_label, label_matrix, rotate_label, rotate_matrix, shear_x_label,
                              shear_x_matrix, shear_y_label, shear_y_matrix, translate_x_matrix, translate_x_rel_label,
                              translate_x_rel_matrix, translate_y_matrix, translate_y_rel_label, translate_y_rel_matrix)
-from .transforms import FULL_CROP, IMAGENET_MEAN, Sample, as_pil, draw_filter, resample_filters
+from .transforms import (FULL_CROP, IMAGENET_MEAN, Channels, RandomInterpolation, Sample, as_pil, draw_filter,
+                         resample_filters)
 
 MAX_LEVEL = 10.0
 OP_PROB = 0.5
 TRANSLATE_PCT = 0.45
-LABEL_GEOMETRIES = ("official", "exact")
+LabelGeometry = Literal["official", "exact"]
+LABEL_GEOMETRIES = get_args(LabelGeometry)
 
 
 # ----------------------------------------------------------------------------- colour ops (timm)
@@ -228,9 +230,9 @@ class RandAugmentWithLabel:
     official pipeline); without one (plain labels, e.g. DeiT's timm order) anywhere.
     """
 
-    def __init__(self, config_str: str = "rand-m9-mstd0.5-inc1", img_size: int = 224,
-                 mean: Sequence[float] = IMAGENET_MEAN, interpolation: str = "random",
-                 label_geometry: str = "exact", ops: Sequence[str] | None = None):
+    def __init__(self, config_str: str = "rand-m9-mstd0.5-inc1", img_size: PositiveInt = 224,
+                 mean: Channels = IMAGENET_MEAN, interpolation: RandomInterpolation = "random",
+                 label_geometry: LabelGeometry = "exact", ops: Sequence[str] | None = None):
         if label_geometry not in LABEL_GEOMETRIES:
             raise ConfigError(f"label_geometry must be one of {LABEL_GEOMETRIES}, got {label_geometry!r}")
         self.config = parse_config(config_str)

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Annotated, Literal, get_args
 
 import numpy as np
 
-from ..utils.registry import TRANSFORMS, ConfigError
+from ..utils.registry import TRANSFORMS, ConfigError, PositiveFloat, PositiveInt, Probability, Range
 from .transforms import Sample
 
-ERASE_MODES = ("pixel", "rand", "const")
+EraseMode = Literal["pixel", "rand", "const"]
+ERASE_MODES = get_args(EraseMode)
+AreaShare = Annotated[float, Range(0, 1, low_open=True)]  # of the image area, in (0, 1]
 MAX_ATTEMPTS = 10
 
 
@@ -24,8 +27,9 @@ class RandomErasing:
     ``"const"`` 0. Noise comes from a NumPy generator seeded from ``rng``.
     """
 
-    def __init__(self, prob: float = 0.25, mode: str = "pixel", min_area: float = 0.02, max_area: float = 1 / 3,
-                 min_aspect: float = 0.3, max_aspect: float | None = None, max_count: int = 1, min_count: int = 1):
+    def __init__(self, prob: Probability = 0.25, mode: EraseMode = "pixel", min_area: AreaShare = 0.02,
+                 max_area: AreaShare = 1 / 3, min_aspect: PositiveFloat = 0.3, max_aspect: PositiveFloat | None = None,
+                 max_count: PositiveInt = 1, min_count: PositiveInt = 1):
         if mode not in ERASE_MODES:
             raise ConfigError(f"mode must be one of {ERASE_MODES}, got {mode!r}")
         if not 0 <= prob <= 1:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Sequence
+from typing import Annotated, Any, Literal, Sequence, Union
 
 import numpy as np
 from PIL import Image
 
-from ..utils.registry import TRANSFORMS
+from ..utils.registry import TRANSFORMS, NonNegativeFloat, PositiveFloat, PositiveInt, Probability, Range
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,6 +26,10 @@ _RANDOM_FILTERS = (Image.BILINEAR, Image.BICUBIC)
 
 Sample = dict[str, Any]
 Crop = tuple[float, float, float, float]
+Interpolation = Literal["bilinear", "bicubic"]
+RandomInterpolation = Literal["bilinear", "bicubic", "random"]  # random: bilinear or bicubic per draw
+ImageSize = Union[PositiveInt, tuple[PositiveInt, PositiveInt]]  # one side, or (height, width)
+Channels = tuple[float, float, float]  # a value per RGB channel
 
 
 def to_chw_float(img: np.ndarray | Image.Image) -> np.ndarray:
@@ -71,7 +75,7 @@ def _record_crop(sample: Sample, img: Image.Image, crop: Crop) -> Sample:
 class RandomHorizontalFlipWithLabel:
     """Flip the image, its label map (width axis, both planes) and the crop record together."""
 
-    def __init__(self, prob: float = 0.5):
+    def __init__(self, prob: Probability = 0.5):
         self.prob = prob
 
     def __call__(self, sample: Sample, rng: random.Random) -> Sample:
@@ -95,8 +99,9 @@ class RandomHorizontalFlipWithLabel:
 class RandomResizedCropWithCoords:
     """timm 0.4.5 ``RandomResizedCropAndInterpolation`` that records the crop for the label map."""
 
-    def __init__(self, size: int | Sequence[int], scale: Sequence[float] = (0.08, 1.0),
-                 ratio: Sequence[float] = (3 / 4, 4 / 3), interpolation: str = "random"):
+    def __init__(self, size: ImageSize, scale: tuple[NonNegativeFloat, NonNegativeFloat] = (0.08, 1.0),
+                 ratio: tuple[PositiveFloat, PositiveFloat] = (3 / 4, 4 / 3),
+                 interpolation: RandomInterpolation = "random"):
         if scale[0] > scale[1] or ratio[0] > ratio[1]:
             raise ValueError(f"scale and ratio must be (min, max), got scale={scale} ratio={ratio}")
         self.size = (size, size) if isinstance(size, int) else tuple(size)
@@ -137,7 +142,8 @@ class RandomResizedCropWithCoords:
 class ResizeCropPct:
     """timm eval transform: resize the shorter side to ``floor(size / crop_pct)``, centre-crop ``size``."""
 
-    def __init__(self, size: int, crop_pct: float = 0.9, interpolation: str = "bicubic"):
+    def __init__(self, size: PositiveInt, crop_pct: Annotated[float, Range(0, 1, low_open=True)] = 0.9,
+                 interpolation: Interpolation = "bicubic"):
         if not 0 < crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
         self.size = size
@@ -163,7 +169,8 @@ class ResizeCropPct:
 class Normalize:
     """uint8 RGB image -> float32 ``[3, H, W]``: ``(x / 255 - mean) / std`` per channel."""
 
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    def __init__(self, mean: Channels = IMAGENET_MEAN,
+                 std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = IMAGENET_STD):
         self.mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
         self.std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import errno
 import glob
 import hashlib
+import math
 import os
 import re
 from typing import Any
 
+import numpy as np
 import paddle
 
 from ..utils.atomic import fsync_directory, write_file_atomic
 from ..utils.logger import get_logger
+from ..utils.paddle_file import RefusedGlobalError, load_paddle_file
 
 CHECKSUM_SUFFIX = ".sha256"
 # save_atomic's temporary files of the files a run writes (left by a killed process)
@@ -85,14 +88,41 @@ def load_checkpoint(path: str) -> dict:
     one was written; every error names the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    verify_checksum(path)
+    if not verify_checksum(path):
+        get_logger().warning(f"checkpoint {path} has no {os.path.basename(path)}{CHECKSUM_SUFFIX}: it is read "
+                             f"unverified (only its values are checked)")
     try:
-        state = paddle.load(path)
-    except Exception as e:  # paddle raises several kinds for a damaged file
+        state = load_paddle_file(path)  # restricted: a planted file must not run code
+    except RefusedGlobalError as e:
+        raise ValueError(f"checkpoint {path} is unreadable: {e}") from e
+    except Exception as e:  # a damaged file
         raise ValueError(f"checkpoint {path} is unreadable (truncated or corrupt?): {e}") from e
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise ValueError(f"{path} is not a passl_tl training checkpoint (no 'model'/'epoch' entries)")
+    bad = first_nonfinite(state)
+    if bad:
+        raise ValueError(f"checkpoint {path} is corrupt: {bad} holds non-finite values (a training run saves "
+                         f"only finite states)")
     return state
+
+
+def first_nonfinite(state: Any, prefix: str = "") -> str | None:
+    """The key path of the first tensor, array or float in a (nested) state that is NaN or infinite, or None."""
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        if isinstance(state, paddle.Tensor):
+            state = state.numpy()
+        finite = (np.isfinite(state).all() if isinstance(state, np.ndarray) and state.dtype.kind in "fc"
+                  else not isinstance(state, float) or math.isfinite(state))
+        return None if finite else prefix or "the state"
+    for key, value in items:
+        found = first_nonfinite(value, f"{prefix}.{key}" if prefix else str(key))
+        if found:
+            return found
+    return None
 
 
 def load_latest_checkpoint(directory: str) -> tuple[str, dict] | None:

@@ -1,7 +1,11 @@
-"""Data loaders: a seeded, resumable, sharded batch sampler and loader construction."""
+"""Data loaders: a seeded, resumable, sharded batch sampler, loader construction, and iteration that cannot hang
+(a loading error is raised where the loader is read; an unfinished iteration ends its workers at once)."""
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
+import gc
 import math
 import os
 import signal
@@ -10,6 +14,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import paddle
+from paddle.io.dataloader import dataloader_iter as paddle_loader_iter
 
 from .. import datasets  # noqa: F401  (registers the datasets and transforms)
 from ..utils.dist import rank, set_parent_death_signal, world_size
@@ -38,6 +43,8 @@ class ShardedBatchSampler(paddle.io.BatchSampler):
                  pad: bool = True, repeats: int = 1):
         if not isinstance(repeats, int) or repeats < 1:
             raise ConfigError(f"data.repeated_augmentation must be an integer >= 1, got {repeats!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"a batch size must be an integer >= 1, got {batch_size!r}")  # 0 would divide by 0
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -95,6 +102,11 @@ def build_dataset(cfg: Mapping[str, Any], where: str, seed: int):
 
 def build_loader(dataset: paddle.io.Dataset, batch_size: int, num_workers: int, train: bool, seed: int,
                  repeats: int = 1) -> paddle.io.DataLoader:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        key = "data.batch_size" if train else "data.val_batch_size"
+        raise ConfigError(f"{key} must be an integer >= 1, got {batch_size!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
+        raise ConfigError(f"data.num_workers must be an integer >= 0, got {num_workers!r}")
     sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle=train, drop_last=train, seed=seed, pad=train,
                                   repeats=repeats)
     if repeats > 1 and not sampler.repeated:
@@ -115,18 +127,113 @@ def die_with_parent(parent_pid: int, worker_id: int) -> None:
     Paddle's worker waits for indices without a timeout (``indices_queue.get(MP_STATUS_CHECK_INTERVAL)`` passes
     the interval as ``block``), so its parent check never runs: the workers of a process that was killed,
     aborted or left by ``os._exit`` would wait forever, holding its files and pipes.
+
+    SIGTERM and SIGINT are ignored: sent to the whole process group (Slurm's ``scancel``, Ctrl-C), they are the
+    training process's to handle (it stops at a step boundary with a checkpoint); a dying worker would end it.
     """
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, signal.SIG_IGN)
     if set_parent_death_signal(signal.SIGKILL) and os.getppid() != parent_pid:  # died before that
         os._exit(1)
 
 
 READER_THREAD = "(_thread_loop)"  # how Paddle's DataLoader names the thread that reads its workers' batches
+SHUTDOWN_TIMEOUT_S = 5.0  # per worker, when a loader is shut down early; a worker still alive then is killed
 
 
-def batches(loader: Iterable) -> Iterator:
-    """Iterate ``loader``; an error raised in a DataLoader worker is raised here as itself (its message
-    holds the worker's traceback, e.g. the image it could not decode). Paddle re-raises it in the
-    loader's reading thread and the main thread only learns "Blocking queue is killed"."""
+def _kill_queue_when_reader_raises(thread_loop):
+    """Paddle's reader thread (``_thread_loop``) wrapped: whatever it raises, it first kills the loader's queue, so
+    that the main thread, which waits in C++ for the next batch, fails ("Blocking queue is killed") instead of
+    waiting forever.
+
+    Paddle 3.3's single-process reader (``num_workers: 0``) calls the dataset and the sampler outside any
+    ``try`` but ``StopIteration``: a dataset error (a corrupt image, a bad label file) ended the thread and left the
+    queue open, and the main thread blocked for good. The multi-process reader kills the queue itself before
+    re-raising a worker's error; the wrapper changes nothing there (killing twice is harmless)."""
+    @functools.wraps(thread_loop)  # keeps the name: threads stay named "Thread-N (_thread_loop)"
+    def _thread_loop(self, *args, **kwargs):
+        try:
+            return thread_loop(self, *args, **kwargs)
+        except BaseException:
+            self._exit_thread_unexpectedly()
+            raise
+    _thread_loop.kills_queue_on_error = True
+    return _thread_loop
+
+
+def _patch_paddle_readers() -> None:
+    for cls in (paddle_loader_iter._DataLoaderIterSingleProcess, paddle_loader_iter._DataLoaderIterMultiProcess):
+        if not getattr(cls._thread_loop, "kills_queue_on_error", False):
+            cls._thread_loop = _kill_queue_when_reader_raises(cls._thread_loop)
+
+
+_patch_paddle_readers()
+
+
+def shut_down(iterator: Any, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
+    """End a Paddle DataLoader iterator now, while the interpreter can still run threads: its reader thread stops
+    and its workers exit (those still alive after ``timeout`` seconds are killed). Anything else: nothing to do.
+
+    An iterator left unfinished (an error, a ``break``) is otherwise shut down by its ``__del__`` at
+    interpreter exit, and that can block for good: it sends each worker ``None`` through the worker's index
+    queue, and a queue never used before (a loader with fewer batches than workers) must first start its
+    feeder thread, which cannot start any more once the interpreter is finalizing; it also joins the workers
+    without a timeout."""
+    if not isinstance(iterator, paddle_loader_iter._DataLoaderIterBase) or getattr(iterator, "_shutdown", True):
+        return
+    if isinstance(iterator, paddle_loader_iter._DataLoaderIterMultiProcess):
+        workers = list(getattr(iterator, "_workers", []))
+        iterator._try_shutdown_all(timeout)
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+                worker.join(timeout)
+    else:
+        iterator._try_shutdown_all()
+    _release_reader(iterator, timeout)
+
+
+def _release_reader(iterator: Any, timeout: float) -> None:
+    """Free a shut-down iterator's C++ reader, and with it its queue and thread pool, here and now.
+
+    An iterator that ended in an error sits in a reference cycle with the error's traceback, and the garbage
+    collector may first run in a DataLoader worker forked later: freeing the reader there destroys the worker's
+    copy of condition variables that count waiters (the pool's threads) which exist only in this process, and
+    ``pthread_cond_destroy`` waits for them forever: the worker never loads a batch and the run hangs."""
+    thread = getattr(iterator, "_thread", None)  # the reading thread (told to stop) may still push to the queue
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout)
+        if thread.is_alive():
+            return
+    reader = getattr(iterator, "_reader", None)
+    if reader is not None:
+        reader.shutdown()  # what Paddle does at the end of a complete pass
+        iterator._reader = None
+    iterator._blocking_queue = None
+
+
+def _shut_down_live_iterators(pid: int = os.getpid()) -> None:
+    """At exit (before the interpreter finalizes): shut down every DataLoader iterator left unfinished, also
+    those of loaders this package did not build (``shut_down`` says why)."""
+    if os.getpid() != pid:  # a forked child that runs the atexit handlers it inherited
+        return
+    for obj in gc.get_objects():
+        if isinstance(obj, paddle_loader_iter._DataLoaderIterBase):
+            try:
+                shut_down(obj)
+            except Exception:  # half-built (its constructor raised) or already torn down: leave it to Paddle
+                pass
+
+
+atexit.register(_shut_down_live_iterators)  # after Paddle's own atexit handlers: runs before them
+
+
+@contextlib.contextmanager
+def reader_errors_raised() -> Iterator[None]:
+    """Within: an error raised in a DataLoader's reader thread (a worker's, whose message holds the worker's
+    traceback, e.g. the image it could not decode; or, with ``num_workers: 0``, the dataset's own) is raised as
+    itself where the main thread reads the loader. Paddle re-raises it in the reader thread, and the main thread
+    only learns "Blocking queue is killed" (a ``SystemError``)."""
     reader_errors: list[BaseException] = []
     previous_hook = threading.excepthook
 
@@ -137,7 +244,7 @@ def batches(loader: Iterable) -> Iterator:
 
     threading.excepthook = keep
     try:
-        yield from loader
+        yield
     except SystemError as e:
         for thread in threading.enumerate():  # the queue is killed before the reader reaches its excepthook
             if thread.name.endswith(READER_THREAD):
@@ -147,6 +254,21 @@ def batches(loader: Iterable) -> Iterator:
         raise
     finally:
         threading.excepthook = previous_hook
+
+
+def batches(loader: Iterable) -> Iterator:
+    """Iterate ``loader``: a DataLoader reader's error is raised here as itself (``reader_errors_raised``), and a
+    DataLoader iteration that ends early (an error, or this generator closed: use ``contextlib.closing`` where the
+    loop's body may raise) is shut down at once, its workers ended, not at interpreter exit (``shut_down``)."""
+    iterator = None
+    if getattr(loader, "num_workers", 0) > 0:
+        gc.collect()  # here, not in the workers about to be forked: see _release_reader
+    try:
+        with reader_errors_raised():  # before iter(): its workers start loading at once
+            iterator = iter(loader)
+            yield from iterator
+    finally:
+        shut_down(iterator)  # nothing to do after a complete pass: Paddle has shut it down
 
 
 def check_data_matches_model(model: paddle.nn.Layer, train_set: Any, val_set: Any, target: Any, source: str) -> None:

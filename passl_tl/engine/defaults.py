@@ -1,4 +1,6 @@
-"""Default values of every top-level config section (a config may only use these keys)."""
+"""Default values of every top-level config section (a config may only use these keys), and the bounds of
+the plain numbers among them (:data:`BOUNDS`; component mappings are checked by their constructors' annotations)."""
+from ..utils.registry import NonNegativeInt, PositiveFloat, PositiveInt
 
 DEFAULTS = {
     "seed": 0,
@@ -34,4 +36,17 @@ DEFAULTS = {
         "evaluate": {"name": "EvaluateHook", "interval": 1},
         "checkpoint": {"name": "CheckpointHook", "interval": 1, "keep_last": 5},
     },
+}
+
+# Values a number of DEFAULTS must have (``run_config.check_run_config``): the types of ``check_argument``
+# (an int is not a bool nor 2.0), finite and within the bounds; the key path under the config's top level.
+BOUNDS = {
+    "seed": NonNegativeInt,
+    "threads": NonNegativeInt,
+    "epochs": PositiveInt,
+    "amp.init_loss_scaling": PositiveFloat,
+    "data.batch_size": PositiveInt,
+    "data.val_batch_size": PositiveInt,
+    "data.num_workers": NonNegativeInt,
+    "data.repeated_augmentation": PositiveInt,
 }

@@ -1,6 +1,7 @@
 """Top-1/top-5 evaluation that counts every validation image exactly once across processes."""
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable, Iterable
 
@@ -25,16 +26,17 @@ def evaluate(model: paddle.nn.Layer, loader: Iterable, amp_context: Callable | N
     start = time.time()
     try:
         forward = eval_forward(model, backend, amp_context)
-        for images, labels in batches(loader):
-            batch_logits = forward(images).astype("float32")
-            if logits is not None:
-                logits.append(batch_logits.numpy())
-            labels = labels.reshape([-1, 1]).astype("int64")
-            top = paddle.topk(batch_logits, k=min(5, batch_logits.shape[-1]), axis=-1)[1]
-            hits = (top == labels).astype("float32")
-            correct1 += float(hits[:, 0].sum())
-            correct5 += float(hits.sum())
-            count += labels.shape[0]
+        with contextlib.closing(batches(loader)) as stream:  # a failing forward ends the loader's workers now
+            for images, labels in stream:
+                batch_logits = forward(images).astype("float32")
+                if logits is not None:
+                    logits.append(batch_logits.numpy())
+                labels = labels.reshape([-1, 1]).astype("int64")
+                top = paddle.topk(batch_logits, k=min(5, batch_logits.shape[-1]), axis=-1)[1]
+                hits = (top == labels).astype("float32")
+                correct1 += float(hits[:, 0].sum())
+                correct5 += float(hits.sum())
+                count += labels.shape[0]
     finally:
         if was_training:
             model.train()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from ..utils.registry import LR_SCHEDULERS
+from ..utils.registry import LR_SCHEDULERS, NonNegativeFloat, NonNegativeInt
 
 
 @LR_SCHEDULERS.register
@@ -15,8 +15,9 @@ class CosineWarmup:
     0, warmup included); the ``cooldown_epochs`` after that run at ``min_lr``.
     """
 
-    def __init__(self, base_lr: float, epochs: int, warmup_epochs: int = 5, warmup_lr: float = 1e-6,
-                 min_lr: float = 1e-5, cooldown_epochs: int = 10):
+    def __init__(self, base_lr: float, epochs: int, warmup_epochs: NonNegativeInt = 5,
+                 warmup_lr: NonNegativeFloat = 1e-6, min_lr: NonNegativeFloat = 1e-5,
+                 cooldown_epochs: NonNegativeInt = 10):
         self.base_lr = base_lr
         self.epochs = epochs
         self.warmup_epochs = warmup_epochs

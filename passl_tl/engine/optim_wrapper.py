@@ -11,7 +11,7 @@ import paddle
 from ..utils.dist import all_reduce_sum, is_main
 from ..utils.errors import TrainingStopped
 from ..utils.logger import get_logger
-from ..utils.registry import ConfigError
+from ..utils.registry import ConfigError, NonNegativeInt, PositiveInt
 
 
 class OptimWrapper:
@@ -32,7 +32,7 @@ class OptimWrapper:
     """
 
     def __init__(self, optimizer: paddle.optimizer.Optimizer, scaler: paddle.amp.GradScaler | None = None,
-                 accumulate_steps: int = 1, max_nonfinite_steps: int = 10):
+                 accumulate_steps: PositiveInt = 1, max_nonfinite_steps: NonNegativeInt = 10):
         if not isinstance(accumulate_steps, int) or accumulate_steps < 1:
             raise ConfigError(f"optim_wrapper.accumulate_steps must be an integer >= 1, got {accumulate_steps!r}")
         if not isinstance(max_nonfinite_steps, int) or max_nonfinite_steps < 0:

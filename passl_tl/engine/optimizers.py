@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import paddle
 
-from ..utils.registry import OPTIMIZERS
+from ..utils.registry import OPTIMIZERS, NonNegativeFloat, PositiveFloat, Rate
 
 
 def decay_parameter_names(model: paddle.nn.Layer) -> set[str]:
@@ -18,11 +18,11 @@ def decay_parameter_names(model: paddle.nn.Layer) -> set[str]:
 
 
 @OPTIMIZERS.register
-def AdamW(model: paddle.nn.Layer, lr: float = 1e-3, weight_decay: float = 0.05,
-          betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-          clip_grad: float | None = None) -> paddle.optimizer.Optimizer:
+def AdamW(model: paddle.nn.Layer, lr: NonNegativeFloat = 1e-3, weight_decay: NonNegativeFloat = 0.05,
+          betas: tuple[Rate, Rate] = (0.9, 0.999), eps: PositiveFloat = 1e-8,
+          clip_grad: NonNegativeFloat | None = None) -> paddle.optimizer.Optimizer:
     """AdamW (decoupled weight decay) with no decay on 1-D params, ``pos_embed``, ``cls_token``;
-    ``clip_grad`` clips the global gradient norm."""
+    ``clip_grad`` clips the global gradient norm (None or 0: no clipping)."""
     decay = decay_parameter_names(model)
     return paddle.optimizer.AdamW(
         learning_rate=lr, beta1=betas[0], beta2=betas[1], epsilon=eps,

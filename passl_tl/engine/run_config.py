@@ -1,12 +1,13 @@
-"""A run's config: a YAML file over :data:`DEFAULTS`, with the image size said once (``model.img_size``)."""
+"""A run's config: a YAML file over :data:`DEFAULTS`, with the image size said once (``model.img_size``), checked
+before anything is built: the plain numbers (:data:`BOUNDS`) and the model mapping."""
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from .. import datasets  # noqa: F401  (registers the transforms)
+from .. import datasets, models  # noqa: F401  (register the transforms and the models)
 from ..utils.config import Config, load_config
-from ..utils.registry import TRANSFORMS, accepted_arguments
-from .defaults import DEFAULTS
+from ..utils.registry import MODELS, TRANSFORMS, accepted_arguments, check_argument
+from .defaults import BOUNDS, DEFAULTS
 
 IMAGE_SIZE_ARGUMENTS = ("size", "img_size")  # transform arguments that are the model's input size
 
@@ -15,8 +16,9 @@ def load_run_config(path: str, overrides: Iterable[str] = ()) -> Config:
     """``path`` (with its ``_base_`` files) over the defaults, ``overrides`` applied; then every data
     transform that takes an input size (:data:`IMAGE_SIZE_ARGUMENTS`) and does not set one gets the
     model's square ``img_size``, so that a fine-tune config or ``-o model.img_size=384`` changes the
-    model and its crops together."""
+    model and its crops together. :func:`check_run_config` checks the result."""
     cfg = load_config(path, overrides, DEFAULTS)
+    check_run_config(cfg)
     side = square_side(model_img_size(cfg["model"]))
     if side is not None:
         for split in ("train", "val"):
@@ -24,6 +26,23 @@ def load_run_config(path: str, overrides: Iterable[str] = ()) -> Config:
             if isinstance(dataset, Mapping) and isinstance(dataset.get("transforms"), list):
                 dataset["transforms"] = [with_image_size(spec, side) for spec in dataset["transforms"]]
     return cfg
+
+
+def check_run_config(cfg: Config) -> None:
+    """Values that cannot be right, before anything is built: each number of :data:`BOUNDS` (``epochs`` an int
+    >= 1, batch sizes >= 1, ``seed`` >= 0, ...) and the model mapping (its registered name, keys and the values
+    of its backbone's and head's annotated arguments: ``drop_path_rate`` in [0, 1), ``num_classes`` >= 1, image
+    sizes >= 1, ...). The other component mappings are checked by ``Trainer.check_config`` through the registry.
+    Errors name the key path, the value and the file."""
+    for dotted, hint in BOUNDS.items():
+        *sections, key = dotted.split(".")
+        node: Any = cfg
+        for section in sections:
+            node = node.get(section) if isinstance(node, Mapping) else None
+        if isinstance(node, Mapping) and key in node:
+            check_argument(key, node[key], hint, f"{'.'.join(sections)} of {cfg.source}" if sections else cfg.source)
+    if cfg.get("model"):
+        MODELS.check(cfg["model"], f"model of {cfg.source}")
 
 
 def model_img_size(model: Any) -> Any:

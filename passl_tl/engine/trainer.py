@@ -14,7 +14,8 @@ from ..batch.pipeline import Batch, BatchPipeline, Step
 from ..models import set_state_strict
 from ..token_labels import mixtoken, targets  # noqa: F401  (registers the batch stages)
 from ..utils.config import Config, ConfigError
-from ..utils.dist import is_main, rank, world_size
+from ..utils.dist import all_reduce_sum, barrier, end_without_report, is_main, rank, world_size
+from ..utils.errors import Preempted
 from ..utils.logger import get_logger
 from ..utils.registry import DATASETS, HOOKS, LR_SCHEDULERS, OPTIMIZERS, TRANSFORMS, check_arguments
 from ..utils.seeding import derived_seed
@@ -25,6 +26,8 @@ from .fixed_batches import FixedBatches
 from .hooks.hook import Hook
 from .hooks.lr_scheduler import LRSchedulerHook
 from .optim_wrapper import OptimWrapper
+from .preemption import StopSignals
+from .sample_order import check_same_sample_order, sample_order
 
 AMP_DTYPES = ("float16", "bfloat16")
 
@@ -147,27 +150,36 @@ class Trainer:
 
     # ----------------------------------------------------------------- loop
     def train(self, resume: str | None = None) -> dict[str, Any]:
+        """Run to the end, or until a SIGTERM/SIGINT: then stop at the next step boundary (every process at
+        the same one), save a checkpoint there and raise :class:`Preempted`."""
         os.makedirs(self.output_dir, exist_ok=True)
         for loader in (self.train_loader, self.val_loader):  # where datasets list the inputs they replace
             if loader is not None and hasattr(loader.dataset, "set_report_dir"):
                 loader.dataset.set_report_dir(self.output_dir)
-        self._call("before_run")
-        if resume:
-            self.resume(resume)
-        for epoch in range(self.start_epoch, self.max_epochs):
-            self.epoch = epoch
-            self._set_epoch(epoch, self.start_iter if epoch == self.start_epoch else 0)
-            self._call("before_train_epoch")
-            self.model.train()
-            first = self.start_iter if epoch == self.start_epoch else 0
-            for self.iter, (images, labels) in enumerate(batches(self.train_loader), start=first):
-                self.global_step = epoch * self.iters_per_epoch + self.iter
-                batch = self.batch_pipeline(images, labels, Step(self.seed, self.rank, self.global_step))
-                self._call("before_train_iter", batch)
-                outputs = self.train_step(batch)
-                self._call("after_train_iter", batch, outputs)
-            self._call("after_train_epoch")
-        self._call("after_run")
+        with StopSignals() as signals:
+            self._call("before_run")
+            if resume:
+                self.resume(resume)
+            for epoch in range(self.start_epoch, self.max_epochs):
+                self.epoch = epoch
+                self._set_epoch(epoch, self.start_iter if epoch == self.start_epoch else 0)
+                self._call("before_train_epoch")
+                self.model.train()
+                first = self.start_iter if epoch == self.start_epoch else 0
+                with contextlib.closing(batches(self.train_loader)) as stream:  # an error ends the workers
+                    for self.iter, (images, labels) in enumerate(stream, start=first):
+                        self.global_step = epoch * self.iters_per_epoch + self.iter
+                        batch = self.batch_pipeline(images, labels, Step(self.seed, self.rank, self.global_step))
+                        self._call("before_train_iter", batch)
+                        outputs = self.train_step(batch)
+                        self._call("after_train_iter", batch, outputs)
+                        done = self.iter + 1
+                        if done < self.iters_per_epoch and done % self.optim_wrapper.accumulate_steps == 0:
+                            self._stop_if_signalled(signals, done)
+                self._call("after_train_epoch")  # the epoch's evaluation and checkpoint come first
+                if epoch + 1 < self.max_epochs:
+                    self._stop_if_signalled(signals, self.iters_per_epoch)
+            self._call("after_run")
         return self.metrics
 
     def train_step(self, batch: Batch) -> StepOutputs:
@@ -179,6 +191,23 @@ class Trainer:
         where = f"epoch {self.epoch} iteration {self.iter + 1} (step {self.global_step})"
         stepped = self.optim_wrapper.update(loss, self.iter, self.iters_per_epoch, where, self._newest_checkpoint)
         return StepOutputs(loss, outputs, stepped)
+
+    def _stop_if_signalled(self, signals: StopSignals, iters_done: int) -> None:
+        """At a step boundary (no accumulated gradients): stop if any process received a stop signal."""
+        if world_size() > 1:  # every process must stop at the same step
+            stop = all_reduce_sum([float(signals.requested)])[0] > 0
+        else:
+            stop = signals.requested
+        if not stop:
+            return
+        self._call("before_stop", iters_done)
+        barrier()  # the checkpoint is complete before any process ends
+        end_without_report()
+        kept = list_checkpoints(self.output_dir)
+        saved = f"the newest checkpoint is {kept[-1]}" if kept else "no checkpoint was saved (no CheckpointHook)"
+        cause = signals.name if signals.requested else "a stop signal to another process"
+        raise Preempted(f"stopped on {cause} after epoch {self.epoch} iteration {iters_done}: {saved}; continue "
+                        f"with --resume auto")
 
     def _newest_checkpoint(self) -> str:
         kept = list_checkpoints(self.output_dir)
@@ -212,7 +241,11 @@ class Trainer:
             "epoch": epoch,
             "iters_done": iters_done,
             "iters_per_epoch": self.iters_per_epoch,
+            "sample_order": self.sample_order(),
         }
+
+    def sample_order(self) -> dict[str, Any]:
+        return sample_order(self.train_loader, self.seed, world_size(), self.optim_wrapper.accumulate_steps)
 
     def resume(self, path: str) -> None:
         """Continue from checkpoint ``path``; ``"auto"``: from the newest usable checkpoint of the output
@@ -228,15 +261,10 @@ class Trainer:
             path, state = found
         else:
             state = load_checkpoint(path)
-        if state["iters_per_epoch"] != self.iters_per_epoch:
-            raise ValueError(f"cannot resume from {path}: it was written with {state['iters_per_epoch']} "
-                             f"iterations per epoch, this run has {self.iters_per_epoch} (batch size, data "
-                             f"or process count changed)")
+        saved_order = state.get("sample_order") or {key: state[key] for key in ("iters_per_epoch", "accumulate_steps")}
+        check_same_sample_order(saved_order, self.sample_order(), path)
         set_state_strict(self.model_without_ddp, state["model"], path)
         self.optimizer.set_state_dict(restore_optimizer_state(state["optimizer"], self.model_without_ddp))
-        if state["accumulate_steps"] != self.optim_wrapper.accumulate_steps:
-            raise ConfigError(f"cannot resume from {path}: it was written with optim_wrapper.accumulate_steps="
-                              f"{state['accumulate_steps']}, this run has {self.optim_wrapper.accumulate_steps}")
         if self.optim_wrapper.scaler is not None and state["scaler"] is not None:
             self.optim_wrapper.scaler.load_state_dict(state["scaler"])
         for key, hook in self.hooks.items():

@@ -1,13 +1,15 @@
 """A classifier = a backbone producing tokens + a head producing logits (and the training loss)."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import contextvars
+import inspect
+from typing import Annotated, Any, Callable, Mapping, Sequence
 
 import paddle.nn as nn
 from paddle import Tensor
 
 from ..batch.pipeline import Batch
-from ..utils.registry import BACKBONES, HEADS, MODELS, ConfigError, accepted_arguments
+from ..utils.registry import BACKBONES, HEADS, MODELS, Component, ConfigError, accepted_arguments
 
 
 @MODELS.register
@@ -18,7 +20,8 @@ class Classifier(nn.Layer):
     training outputs (for ``loss``; a token-label head's carry the MixToken box).
     """
 
-    def __init__(self, backbone: Mapping[str, Any], head: Mapping[str, Any]):
+    def __init__(self, backbone: Annotated[Mapping[str, Any], Component(BACKBONES)],
+                 head: Annotated[Mapping[str, Any], Component(HEADS, supplied=("in_channels",))]):
         super().__init__()
         self.backbone = BACKBONES.build(backbone, "model.backbone")
         self.head = HEADS.build(head, "model.head", in_channels=self.backbone.embed_dim)
@@ -89,4 +92,36 @@ def build_preset(backbone: Mapping[str, Any], head: Mapping[str, Any], overrides
         else:
             raise ConfigError(f"unknown key '{key}' for model '{preset}'; accepted keys: "
                               f"{', '.join(backbone_keys + head_keys)}")
+    checking = _CHECKING.get()
+    if checking is not None:  # check_preset: the arguments' values, nothing built
+        BACKBONES.check(backbone, checking)
+        HEADS.check(head, checking, supplied=["in_channels"])
+        raise _Checked
     return Classifier(backbone, head)
+
+
+_CHECKING: contextvars.ContextVar[str | None] = contextvars.ContextVar("passl_tl_model_check", default=None)
+
+
+class _Checked(Exception):
+    """A preset stopped in ``build_preset`` after its checks (``check_preset``)."""
+
+
+def check_preset(target: Callable, kwargs: Mapping[str, Any], where: str) -> None:
+    """``MODELS``' dry run (``Registry.check``): a preset function (``lvvit_tiny``, ...) gives its backbone and
+    head configs to ``build_preset``, which checks their values against the backbone's and head's argument
+    annotations (``drop_path_rate`` in [0, 1), ``num_classes`` >= 1, ...) and builds nothing; errors name the
+    overridden key under ``where`` (e.g. ``model.drop_path_rate``). Classes (``Classifier``) are checked by
+    their own annotations."""
+    if inspect.isclass(target):
+        return
+    token = _CHECKING.set(where)
+    try:
+        target(**kwargs)
+    except _Checked:
+        pass
+    finally:
+        _CHECKING.reset(token)
+
+
+MODELS.dry_run = check_preset

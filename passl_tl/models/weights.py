@@ -13,6 +13,7 @@ import paddle
 import paddle.nn as nn
 
 from ..utils.logger import get_logger
+from ..utils.paddle_file import load_paddle_file
 from ..utils.registry import ConfigError
 from ..utils.torch_checkpoint import load_torch_file
 from .pos_embed import patch_grid, resize_pos_embed
@@ -35,7 +36,7 @@ def load_weights(model: nn.Layer, path: str, skip_mismatched_head: bool = False,
         if use_ema:
             raise ConfigError(f"{path}: use_ema applies to official checkpoints; our EMA weights are their "
                               f"own files (final_ema.pdparams, best_ema.pdparams)")
-        state, layout = dict(paddle.load(path)), "paddle state dict"
+        state, layout = dict(load_paddle_file(path)), "paddle state dict"
     elif path.endswith(TORCH_SUFFIXES):
         official, layout = select_state_dict(load_torch_file(path), path, use_ema=use_ema)
         file_keys = {ours: theirs for theirs, ours in official_key_map(official, model).items()}

@@ -16,6 +16,7 @@ import paddle
 from paddle import Tensor
 
 from ..deploy.preprocess import config_eval_transforms
+from ..engine.data import batches
 from ..utils.config import Config
 from ..utils.dist import all_reduce_sum, rank, world_size
 from ..utils.logger import get_logger
@@ -109,7 +110,7 @@ def generate_token_labels(model: paddle.nn.Layer, dataset: Any, out_root: str, k
     loader = paddle.io.DataLoader(_Indexed(dataset, pending), batch_size=batch_size, shuffle=False,
                                   num_workers=num_workers, use_shared_memory=num_workers > 0)
     correct = 0
-    for step, (images, targets, indices) in enumerate(loader, 1):
+    for step, (images, targets, indices) in enumerate(batches(loader), 1):
         dense = model.dense_logits(images)
         for index, label in zip(indices.numpy().tolist(), top_k_maps(dense, k)):
             save_npy_atomic(label, label_file(out_root, dataset.samples[index][0]))

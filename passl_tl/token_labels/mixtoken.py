@@ -17,7 +17,7 @@ from paddle import Tensor
 
 from ..batch.pipeline import Batch, BatchTransform, MixBox, Step
 from ..utils.dist import world_size
-from ..utils.registry import BATCH_TRANSFORMS, ConfigError
+from ..utils.registry import BATCH_TRANSFORMS, ConfigError, NonNegativeInt, PositiveFloat
 
 
 def sample_mix_box(rng: np.random.RandomState, grid_size: Sequence[int], alpha: float = 1.0) -> MixBox:
@@ -108,7 +108,7 @@ class MixToken(BatchTransform):
 
     stream = 1
 
-    def __init__(self, alpha: float = 1.0, box_seeds: Sequence[int] | None = None):
+    def __init__(self, alpha: PositiveFloat = 1.0, box_seeds: Sequence[NonNegativeInt] | None = None):
         if box_seeds is not None and not all(isinstance(s, int) and s >= 0 for s in box_seeds):
             raise ConfigError(f"MixToken box_seeds must be a list of non-negative integers, got {box_seeds!r}")
         self.alpha = alpha

@@ -6,17 +6,18 @@ and benchmarked against.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
 from ..batch.pipeline import Batch, BatchTransform, Step
-from ..utils.registry import BATCH_TRANSFORMS, ConfigError
+from ..utils.registry import BATCH_TRANSFORMS, ConfigError, Rate
 from .packing import GT_COLUMN, check_class_ids, check_width, crop_and_truth
 
-BOX_ORDERS = ("correct", "official")
+BoxOrder = Literal["correct", "official"]
+BOX_ORDERS = get_args(BoxOrder)
 
 
 def check_box_order(box_order: str) -> None:
@@ -173,7 +174,7 @@ class TokenLabelTargets(BatchTransform):
     maps); the trainer refuses it otherwise. ``box_order``: see ``pool_crop``.
     """
 
-    def __init__(self, smoothing: float = 0.1, box_order: str = "correct", upsample_labels: bool = False):
+    def __init__(self, smoothing: Rate = 0.1, box_order: BoxOrder = "correct", upsample_labels: bool = False):
         check_box_order(box_order)
         self.smoothing = smoothing
         self.box_order = box_order

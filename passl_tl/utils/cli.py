@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import faulthandler
 import pickle
 import sys
 import zipfile
 from typing import Any, Callable
 
 from .dist import report_failure
-from .errors import TrainingStopped
+from .errors import PREEMPTED_EXIT_CODE, Preempted, TrainingStopped
 from .registry import ConfigError
 
 # Errors that mean bad input (a config, a path, a file's content): reported in one line.
 INPUT_ERRORS = (ConfigError, ValueError, OSError, pickle.UnpicklingError, zipfile.BadZipFile)
+EXIT_GRACE_S = 20.0  # the longest the interpreter's shutdown may take once a tool's main() has ended
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True,
@@ -26,8 +29,29 @@ def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True,
 
 def run_tool(main: Callable[[], Any]) -> None:
     """Run a tool's ``main()``: bad input ends with ``error: ...`` on stderr and exit code 2, a run
-    that had to stop (``TrainingStopped``) with exit code 1, both without a traceback; an integer
-    result is the exit code."""
+    that had to stop (``TrainingStopped``) with exit code 1, a run stopped by a signal after saving its state
+    (``Preempted``) with 75, all without a traceback; an integer result is the exit code. However it ends, the
+    process then ends within ``EXIT_GRACE_S`` seconds (``bound_exit``)."""
+    try:
+        _run(main)
+    finally:
+        bound_exit()
+
+
+def bound_exit(grace: float = EXIT_GRACE_S) -> None:
+    """A final guard: should the interpreter's shutdown (from its first atexit handler on: this registers the
+    last, which runs first) last over ``grace`` seconds, ``faulthandler`` prints every thread's stack on stderr and
+    ends the process with exit code 1.
+
+    Nothing is known to block there any more: loaders left unfinished are shut down before (``engine.data``:
+    Paddle's DataLoader shutdown in ``__del__`` during finalization could wait forever for a thread that can no
+    longer start). The guard is for what is not known yet: the watchdog is a C thread, it runs when finalization
+    blocks every Python thread, and it names what blocked instead of ``os._exit`` skipping the cleanup (Paddle's
+    shared-memory files, log and VisualDL flushes) that a normal exit still does."""
+    atexit.register(faulthandler.dump_traceback_later, grace, exit=True)
+
+
+def _run(main: Callable[[], Any]) -> None:
     try:
         code = main()
     except INPUT_ERRORS as e:
@@ -38,4 +62,7 @@ def run_tool(main: Callable[[], Any]) -> None:
         print(f"error: {e}", file=sys.stderr)
         report_failure(e)
         sys.exit(1)
+    except Preempted as e:  # not a failure: every process saved and stopped at the same step
+        print(f"preempted: {e}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_CODE)
     sys.exit(code if isinstance(code, int) else 0)

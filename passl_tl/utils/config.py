@@ -15,7 +15,22 @@ DELETE_KEY = "_delete_"
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` (no dot) as a float, as YAML 1.2 does."""
+    """SafeLoader that also reads ``1e-3`` (no dot) as a float, as YAML 1.2 does, and refuses a key written
+    twice in one mapping (YAML would keep the last one silently); ``<<`` merge keys may still be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in first_line:
+                    raise ConfigError(f"duplicate key '{key}' in {key_node.start_mark.name}, line {line} "
+                                      f"(first at line {first_line[key]}): a YAML mapping may set a key once")
+                first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -24,8 +39,15 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
-def yaml_load(text_or_stream: Any) -> Any:
-    return yaml.load(text_or_stream, Loader=_Loader)
+def yaml_load(text_or_stream: Any, source: str | None = None) -> Any:
+    """Parse YAML; ``source`` names the text in errors (a file object names itself)."""
+    loader = _Loader(text_or_stream)
+    if source is not None:
+        loader.name = source
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 class Config(dict):
@@ -93,7 +115,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(keys):
         raise ConfigError(f"override '{text}' has an empty key part")
     try:
-        value = yaml_load(raw) if raw.strip() else ""
+        value = yaml_load(raw, f"override '{text}'") if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"cannot parse the value of override '{text}': {e}") from e
     return keys, value

@@ -21,6 +21,7 @@ FAILURES_KEY = "passl_tl/failures"  # how many ranks reported a failure
 STOP_KEY = "passl_tl/stop/{}"  # rank r's watch thread waits for it: the first report, or b"" at a normal exit
 ACKS_KEY = "passl_tl/failure_acks"  # how many ranks logged a report and stopped
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+LAUNCHED_ENV = "PADDLE_TRAINER_ID"  # set by paddle.distributed.launch in every process it starts
 
 
 def world_size() -> int:
@@ -40,12 +41,29 @@ _reporter: "FailureReporter | None" = None
 
 def init_distributed(grace: float = 10.0) -> None:
     """Join the process group when launched by ``paddle.distributed.launch`` with >1 process, and make
-    every rank stop, naming the failed rank and why, when one fails (:class:`FailureReporter`)."""
+    every rank stop, naming the failed rank and why, when one fails (:class:`FailureReporter`). A launched
+    process gets SIGTERM when the launcher dies (it would otherwise train on, unwatched): the trainer then
+    stops at the next step boundary with a checkpoint."""
     global _reporter
+    if LAUNCHED_ENV in os.environ:
+        watch_launcher()
     if world_size() > 1 and not dist.is_initialized():
         dist.init_parallel_env()
         _reporter = FailureReporter(grace)
         _reporter.start()
+
+
+def watch_launcher() -> None:
+    """SIGTERM to this process when its parent, the launcher, dies (Linux only). (A parent already gone cannot be
+    told from a launcher that is PID 1 of a container, so the check starts here.)"""
+    set_parent_death_signal(signal.SIGTERM)
+
+
+def end_without_report() -> None:
+    """This process ends on purpose (e.g. stopped by a signal with its state saved): its exit is not reported
+    to the other processes as a failure."""
+    if _reporter is not None:
+        _reporter.end()
 
 
 def report_failure(error: BaseException) -> None:

@@ -3,3 +3,11 @@
 
 class TrainingStopped(RuntimeError):
     """Training cannot go on (e.g. the loss stays non-finite); the message says why and what was kept."""
+
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: a temporary failure, to be retried (here: with --resume auto)
+
+
+class Preempted(RuntimeError):
+    """The run stopped on a signal (SIGTERM, SIGINT) after saving its state; the message says where and how to
+    continue."""

@@ -10,14 +10,13 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import paddle
 import pytest
 
 from passl_tl.engine import checkpoint as checkpoint_module
 from passl_tl.engine.checkpoint import list_checkpoints, load_checkpoint
 
-from tests.conftest import DEMO_CONFIG, REPO_ROOT, TOOLS_DIR, small_run_overrides, train
+from tests.conftest import DEMO_CONFIG, REPO_ROOT, TOOLS_DIR, assert_same_final_state, small_run_overrides, train
 
 # Imports tools/train.py, installs one fault (argv[1:3]) and runs train.main on the rest of argv.
 KILLER = """
@@ -53,32 +52,6 @@ elif mode == "checkpoint":  # killed half-way through writing the count-th check
     paddle.save = half_save
 train.main(sys.argv[3:])
 """
-
-
-def flatten(state, prefix=""):
-    """Every array of a (nested) checkpoint state, by path."""
-    out = {}
-    for key, value in state.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "/"))
-        elif isinstance(value, paddle.Tensor):
-            out[name] = value.numpy()
-        elif isinstance(value, np.ndarray):
-            out[name] = value
-        else:
-            out[name] = np.asarray(value)
-    return out
-
-
-def assert_same_final_state(reference_dir, out_dir):
-    """Weights, EMA, optimizer moments, LR schedule, hook states and sampler position all equal."""
-    for name in ("final.pdparams", "final_ema.pdparams", "ckpt_e0001_i000005.pdckpt"):
-        a = flatten(paddle.load(os.path.join(reference_dir, name)))
-        b = flatten(paddle.load(os.path.join(out_dir, name)))
-        assert a.keys() == b.keys(), name
-        for key in a:
-            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
 
 
 @pytest.fixture()

@@ -5,9 +5,11 @@ import os
 from typing import TYPE_CHECKING
 
 from ...utils.dist import is_main
+from ...utils.errors import TrainingStopped
 from ...utils.logger import get_logger
-from ...utils.registry import HOOKS, ConfigError
-from ..checkpoint import checkpoint_name, list_checkpoints, remove_checkpoint, remove_temporaries, save_atomic
+from ...utils.registry import HOOKS, ConfigError, NonNegativeInt, PositiveInt
+from ..checkpoint import (checkpoint_name, first_nonfinite, list_checkpoints, remove_checkpoint, remove_temporaries,
+                          save_atomic)
 from .hook import Hook
 
 if TYPE_CHECKING:
@@ -28,7 +30,7 @@ def best_files(has_ema: bool) -> list[str]:
 @HOOKS.register
 class CheckpointHook(Hook):
     """Every ``interval`` epochs (and every ``interval_iters`` iterations if > 0) writes a full
-    training state; keeps the newest ``keep_last``; writes the best weights when the tracked top-1
+    training state; keeps the newest ``keep_last`` (0: all); writes the best weights when the tracked top-1
     improves and ``final.pdparams`` (plus ``final_ema.pdparams``) at the end.
 
     ``best.pdparams`` is the tracked weights (the EMA's unless ``EvaluateHook(track="model")`` or no
@@ -38,7 +40,8 @@ class CheckpointHook(Hook):
 
     priority = 60
 
-    def __init__(self, interval: int = 1, interval_iters: int = 0, keep_last: int = 5, save_best: bool = True):
+    def __init__(self, interval: PositiveInt = 1, interval_iters: NonNegativeInt = 0, keep_last: NonNegativeInt = 5,
+                 save_best: bool = True):
         self.interval = interval
         self.interval_iters = interval_iters
         self.keep_last = keep_last
@@ -81,9 +84,14 @@ class CheckpointHook(Hook):
         if (trainer.epoch + 1) % self.interval == 0 or last:
             self._save(trainer, trainer.epoch, trainer.iters_per_epoch)
 
+    def before_stop(self, trainer: "Trainer", iters_done: int) -> None:
+        if not os.path.exists(os.path.join(trainer.output_dir, checkpoint_name(trainer.epoch, iters_done))):
+            self._save(trainer, trainer.epoch, iters_done)
+
     def after_run(self, trainer: "Trainer") -> None:
         if not is_main():
             return
+        self._refuse_nonfinite(trainer, "final.pdparams")
         save_atomic(trainer.model_without_ddp.state_dict(), os.path.join(trainer.output_dir, "final.pdparams"))
         if trainer.ema is None:
             get_logger().info("wrote final.pdparams (raw model weights; no EMA in this run)")
@@ -94,6 +102,7 @@ class CheckpointHook(Hook):
     def _save_best(self, trainer: "Trainer") -> None:
         """Writes the new best epoch's files and logs which weights each one holds."""
         out, tracked = trainer.output_dir, trainer.metrics["tracked"]
+        self._refuse_nonfinite(trainer, BEST)
         if trainer.ema is None:
             save_atomic(trainer.model_without_ddp.state_dict(), os.path.join(out, BEST))
             get_logger().info(f"new best top-1 {self.best_top1:.3f} (raw model; no EMA) at epoch {trainer.epoch}: "
@@ -107,6 +116,15 @@ class CheckpointHook(Hook):
         else:
             kind, where = "raw model", f"{BEST} and {BEST_MODEL} hold the raw model weights, {BEST_EMA} the EMA"
         get_logger().info(f"new best top-1 {self.best_top1:.3f} ({kind}) at epoch {trainer.epoch}: {where} weights")
+
+    def _refuse_nonfinite(self, trainer: "Trainer", name: str) -> None:
+        """Weights are never written from a non-finite state: stop, naming the tensor and the newest checkpoint."""
+        for what, layer in (("model", trainer.model_without_ddp), ("EMA", trainer.ema)):
+            bad = first_nonfinite(layer.state_dict()) if layer is not None else None
+            if bad:
+                kept = list_checkpoints(trainer.output_dir)
+                raise TrainingStopped(f"not writing {name}: the {what}'s {bad} holds non-finite values; the newest "
+                                      f"checkpoint is {kept[-1] if kept else 'none'}")
 
     def _save(self, trainer, epoch: int, iters_done: int) -> None:
         if not is_main():

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...models.weights import set_state_strict
-from ...utils.registry import HOOKS
+from ...utils.registry import HOOKS, Probability
 from ..ema import ModelEMA
 from .hook import Hook
 
@@ -19,7 +19,7 @@ class EMAHook(Hook):
 
     priority = 30
 
-    def __init__(self, decay: float = 0.99992):
+    def __init__(self, decay: Probability = 0.99992):
         self.decay = decay
         self.ema: ModelEMA | None = None
 

@@ -1,10 +1,10 @@
 """Validation every N epochs (and after the last), of the model and of its EMA if tracked."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from ...utils.dist import broadcast_buffers
-from ...utils.registry import HOOKS, ConfigError
+from ...utils.registry import HOOKS, ConfigError, PositiveInt
 from ..evaluation import evaluate
 from .hook import Hook
 
@@ -20,7 +20,7 @@ class EvaluateHook(Hook):
 
     priority = 35
 
-    def __init__(self, interval: int = 1, track: str = "ema"):
+    def __init__(self, interval: PositiveInt = 1, track: Literal["ema", "model"] = "ema"):
         if track not in ("ema", "model"):
             raise ConfigError(f"EvaluateHook track must be 'ema' or 'model', got {track!r}")
         self.interval = interval

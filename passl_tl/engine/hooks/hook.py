@@ -33,6 +33,11 @@ class Hook:
     def after_run(self, trainer: "Trainer") -> None:
         pass
 
+    def before_stop(self, trainer: "Trainer", iters_done: int) -> None:
+        """The run stops early, on a signal, after iteration ``iters_done`` of ``trainer.epoch``: save what
+        must survive (every process calls it; the trainer waits for all before it ends)."""
+        pass
+
     def state_dict(self) -> dict[str, Any]:
         """State saved in checkpoints (for hooks that keep some)."""
         return {}

@@ -10,7 +10,7 @@ import paddle
 from ...datasets.faults import REPORT_FILES, read_fault_report
 from ...utils.dist import all_reduce_sum, is_main, world_size
 from ...utils.logger import get_logger
-from ...utils.registry import HOOKS
+from ...utils.registry import HOOKS, PositiveInt
 from .hook import Hook
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ class LoggerHook(Hook):
 
     priority = 40
 
-    def __init__(self, interval: int = 50, visualdl: bool = True):
+    def __init__(self, interval: PositiveInt = 50, visualdl: bool = True):
         self.interval = interval
         self.visualdl = visualdl
         self.writer = None

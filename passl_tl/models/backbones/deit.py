@@ -6,14 +6,14 @@ Parameter names follow the official implementation so checkpoints map one to one
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import paddle.nn as nn
 from paddle import Tensor
 
-from ...utils.registry import BACKBONES, MODELS, ConfigError
+from ...utils.registry import BACKBONES, MODELS, ConfigError, PositiveFloat, PositiveInt, Rate
 from ..classifier import Classifier, build_preset
-from .vit import VisionTransformer, image_size
+from .vit import ImageSize, VisionTransformer, image_size
 
 
 class PatchEmbed(nn.Layer):
@@ -37,10 +37,10 @@ class DeiT(VisionTransformer):
     batch-flipped sample.
     """
 
-    def __init__(self, embed_dim: int, depth: int, num_heads: int, img_size: int | Sequence[int] = 224,
-                 patch_size: int = 16, in_chans: int = 3, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 distilled: bool = False, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0):
+    def __init__(self, embed_dim: PositiveInt, depth: PositiveInt, num_heads: PositiveInt, img_size: ImageSize = 224,
+                 patch_size: PositiveInt = 16, in_chans: PositiveInt = 3, mlp_ratio: PositiveFloat = 4.0,
+                 qkv_bias: bool = True, distilled: bool = False, drop_rate: Rate = 0.0, attn_drop_rate: Rate = 0.0,
+                 drop_path_rate: Rate = 0.0):
         height, width = image_size(img_size)
         if height % patch_size or width % patch_size:
             raise ConfigError(f"DeiT needs a patch_size dividing img_size, got patch_size {patch_size} "

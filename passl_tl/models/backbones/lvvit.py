@@ -6,16 +6,16 @@ Parameter names follow the official implementation so checkpoints map one to one
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import paddle.nn as nn
 from paddle import Tensor
 
-from ...utils.registry import BACKBONES, MODELS, ConfigError
+from ...utils.registry import BACKBONES, MODELS, ConfigError, PositiveFloat, PositiveInt, Rate
 from .. import lean_backward
 from ..classifier import Classifier, build_preset
 from ..layers import TorchBatchNorm2D
-from .vit import VisionTransformer, image_size
+from .vit import ImageSize, VisionTransformer, image_size
 
 
 class ConvStem(nn.Layer):
@@ -49,10 +49,11 @@ class LVViT(VisionTransformer):
     the batch-flipped sample (None: no mixing).
     """
 
-    def __init__(self, embed_dim: int, depth: int, num_heads: int, img_size: int | Sequence[int] = 224,
-                 patch_size: int = 16, in_chans: int = 3, mlp_ratio: float = 3.0, qkv_bias: bool = False,
-                 head_dim: int | None = None, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, skip_lam: float = 1.0, stem_channels: int = 64):
+    def __init__(self, embed_dim: PositiveInt, depth: PositiveInt, num_heads: PositiveInt, img_size: ImageSize = 224,
+                 patch_size: PositiveInt = 16, in_chans: PositiveInt = 3, mlp_ratio: PositiveFloat = 3.0,
+                 qkv_bias: bool = False, head_dim: PositiveInt | None = None, drop_rate: Rate = 0.0,
+                 attn_drop_rate: Rate = 0.0, drop_path_rate: Rate = 0.0, skip_lam: PositiveFloat = 1.0,
+                 stem_channels: PositiveInt = 64):
         height, width = image_size(img_size)
         if patch_size % 2 or height % patch_size or width % patch_size:
             raise ConfigError(f"LVViT needs an even patch_size dividing img_size, got patch_size {patch_size} "

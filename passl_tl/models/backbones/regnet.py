@@ -9,7 +9,7 @@ checkpoints map one to one.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Sequence
+from typing import Annotated, Any, NamedTuple, Sequence
 
 import numpy as np
 import paddle
@@ -17,7 +17,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle import Tensor
 
-from ...utils.registry import BACKBONES, MODELS, ConfigError
+from ...utils.registry import BACKBONES, MODELS, ConfigError, NonNegativeFloat, PositiveFloat, PositiveInt, Range
 from ..classifier import Classifier, build_preset
 from ..layers import TorchBatchNorm2D, constant_, torch_default_conv_init_
 
@@ -127,8 +127,9 @@ class RegNet(nn.Layer):
     grid_size = None
     num_prefix_tokens = 0
 
-    def __init__(self, w0: int, wa: float, wm: float, depth: int, group_w: int, se_ratio: float = 0.0,
-                 stem_width: int = 32, bottle_ratio: float = 1.0, in_chans: int = 3):
+    def __init__(self, w0: PositiveInt, wa: NonNegativeFloat, wm: Annotated[float, Range(1, low_open=True)],
+                 depth: PositiveInt, group_w: PositiveInt, se_ratio: NonNegativeFloat = 0.0,
+                 stem_width: PositiveInt = 32, bottle_ratio: PositiveFloat = 1.0, in_chans: PositiveInt = 3):
         super().__init__()
         stages = regnet_stages(w0, wa, wm, depth, group_w, bottle_ratio)
         if len(stages) != NUM_STAGES:

@@ -9,7 +9,7 @@ checkpoints map one to one.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping
 
 import numpy as np
 import paddle
@@ -17,10 +17,10 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle import Tensor
 
-from ...utils.registry import BACKBONES, MODELS, ConfigError
+from ...utils.registry import BACKBONES, MODELS, ConfigError, PositiveFloat, PositiveInt, Rate
 from ..classifier import Classifier, build_preset
 from ..layers import Attention, Mlp, freeze
-from .vit import VisionTransformer, image_size
+from .vit import ImageSize, VisionTransformer, image_size
 
 # (kernel, stride, padding) of the three soft splits: 224 px -> 56 -> 28 -> 14 tokens a side.
 SOFT_SPLITS = ((7, 4, 2), (3, 2, 1), (3, 2, 1))
@@ -149,10 +149,11 @@ class T2TViT(VisionTransformer):
 
     embedding_name = "tokens_to_token"
 
-    def __init__(self, embed_dim: int, depth: int, num_heads: int, tokens_type: str = "performer",
-                 img_size: int | Sequence[int] = 224, in_chans: int = 3, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = False, qk_scale: float | None = None, token_dim: int = 64,
-                 drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+    def __init__(self, embed_dim: PositiveInt, depth: PositiveInt, num_heads: PositiveInt,
+                 tokens_type: Literal["performer", "transformer"] = "performer", img_size: ImageSize = 224,
+                 in_chans: PositiveInt = 3, mlp_ratio: PositiveFloat = 4.0, qkv_bias: bool = False,
+                 qk_scale: PositiveFloat | None = None, token_dim: PositiveInt = 64, drop_rate: Rate = 0.0,
+                 attn_drop_rate: Rate = 0.0, drop_path_rate: Rate = 0.0):
         height, width = image_size(img_size)
         grid_size = (_t2t_grid(height), _t2t_grid(width))
         if min(grid_size) < 1:

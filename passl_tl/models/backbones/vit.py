@@ -6,7 +6,7 @@ a family passes its patch embedding, extra tokens, position table and block opti
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import paddle
@@ -15,7 +15,10 @@ from paddle import Tensor
 
 from ...token_labels.mixtoken import mix_tokens
 from ..classifier import patch_token_map
+from ...utils.registry import PositiveInt
 from ..layers import Block, freeze, init_vit_weights, trunc_normal_
+
+ImageSize = Union[PositiveInt, tuple[PositiveInt, PositiveInt]]  # one side, or (height, width)
 
 
 def image_size(img_size: int | Sequence[int]) -> tuple[int, int]:

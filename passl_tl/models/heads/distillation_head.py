@@ -2,18 +2,19 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle import Tensor
 
-from ...utils.registry import HEADS, ConfigError
+from ...utils.registry import HEADS, ConfigError, PositiveFloat, PositiveInt, Probability
 from ..layers import init_vit_weights
 from ..losses import soft_cross_entropy
 from .linear_head import per_position
 
-DISTILLATION_TYPES = ("none", "soft", "hard")
+DistillationType = Literal["none", "soft", "hard"]
+DISTILLATION_TYPES = get_args(DistillationType)
 
 
 def soft_distillation(logits: Tensor, teacher: Tensor, tau: float) -> Tensor:
@@ -36,8 +37,8 @@ class DistillationHead(nn.Layer):
 
     OFFICIAL_NAMES = {"head": "cls_head", "head_dist": "dist_head"}  # official DeiT -> ours
 
-    def __init__(self, in_channels: int, num_classes: int, distillation_type: str = "hard", alpha: float = 0.5,
-                 tau: float = 1.0):
+    def __init__(self, in_channels: int, num_classes: PositiveInt, distillation_type: DistillationType = "hard",
+                 alpha: Probability = 0.5, tau: PositiveFloat = 1.0):
         super().__init__()
         if distillation_type not in DISTILLATION_TYPES:
             raise ConfigError(f"DistillationHead distillation_type must be one of {', '.join(DISTILLATION_TYPES)}, "

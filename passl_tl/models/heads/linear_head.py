@@ -6,7 +6,7 @@ from typing import Sequence
 import paddle.nn as nn
 from paddle import Tensor
 
-from ...utils.registry import HEADS, ConfigError
+from ...utils.registry import HEADS, ConfigError, NonNegativeFloat, PositiveInt
 from ..layers import constant_, trunc_normal_
 from ..losses import soft_cross_entropy
 
@@ -27,7 +27,8 @@ class LinearHead(nn.Layer):
     T2T-ViT, ``head.fc`` for timm's RegNet); ``init_std`` the std of its weight init (bias 0).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, official_name: str = "head", init_std: float = 0.02):
+    def __init__(self, in_channels: int, num_classes: PositiveInt, official_name: str = "head",
+                 init_std: NonNegativeFloat = 0.02):
         super().__init__()
         self.num_classes = num_classes
         self.OFFICIAL_NAMES = {official_name: "fc"}

@@ -7,7 +7,7 @@ import paddle
 import paddle.nn as nn
 from paddle import Tensor
 
-from ...utils.registry import HEADS
+from ...utils.registry import HEADS, NonNegativeFloat, PositiveInt
 from ...token_labels.mixtoken import mix_class_target, unmix_tokens
 from ..layers import init_vit_weights
 from ..losses import soft_cross_entropy
@@ -28,8 +28,9 @@ class TokenLabelHead(nn.Layer):
     OFFICIAL_NAMES = {"head": "cls_head", "aux_head": "aux_head"}  # official LV-ViT -> ours
     mixes_tokens = True  # trains with MixToken: un-mixes its per-token outputs
 
-    def __init__(self, in_channels: int, num_classes: int, cls_weight: float = 1.0,
-                 dense_weight: float = 1.0, aux_eval_weight: float = 0.5, ground_truth: bool = False):
+    def __init__(self, in_channels: int, num_classes: PositiveInt, cls_weight: NonNegativeFloat = 1.0,
+                 dense_weight: NonNegativeFloat = 1.0, aux_eval_weight: NonNegativeFloat = 0.5,
+                 ground_truth: bool = False):
         super().__init__()
         self.num_classes = num_classes
         self.cls_weight = cls_weight
