@@ -219,6 +219,20 @@ def launch_two(args: list[str], log_dir, timeout: float = 300, check: bool = Tru
     return proc, logs
 
 
+def processes_with(marker: str) -> list[int]:
+    """Pids of live processes whose command line holds ``marker`` (zombies have none; DataLoader workers keep
+    their parent's)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
+
+
 # ---- files in other tools' formats ----
 
 TORCH_STORAGES = {np.dtype("float32"): "FloatStorage", np.dtype("float16"): "HalfStorage",

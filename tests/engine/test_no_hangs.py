@@ -23,7 +23,7 @@ import pytest
 
 from passl_tl.engine.data import batches, build_loader
 from passl_tl.utils.registry import ConfigError
-from tests.conftest import DEMO_CONFIG, REPO_ROOT, clean_env, launch_two, small_run_overrides
+from tests.conftest import DEMO_CONFIG, REPO_ROOT, clean_env, launch_two, processes_with, small_run_overrides
 
 TOOLS = os.path.join(REPO_ROOT, "tools")
 TIMEOUT_S = 60  # a run still going then is killed and the test fails
@@ -66,19 +66,6 @@ def damaged(demo: str, tmp_path, fault: str) -> tuple[str, str]:
         path = os.path.join(root, "label_top5_train", "n00000005", "n00000005_0004.npy")
         np.save(path, np.zeros((2, 5, 18), np.float16))
     return root, path
-
-
-def processes_with(marker: str) -> list[int]:
-    """Pids of live processes whose command line holds ``marker`` (DataLoader workers keep their parent's)."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    pids.append(int(pid))
-        except OSError:
-            pass
-    return pids
 
 
 def run_tool(tool: str, args: list[str], marker: str) -> tuple[subprocess.CompletedProcess, float]:

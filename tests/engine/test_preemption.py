@@ -16,7 +16,7 @@ from passl_tl.engine.preemption import REPEAT_WINDOW_S, StopSignals
 from passl_tl.utils.errors import PREEMPTED_EXIT_CODE
 
 from tests.conftest import (DEMO_CONFIG, REPO_ROOT, assert_same_final_state, clean_env, launch_two,
-                            small_run_overrides, train)
+                            processes_with, small_run_overrides, train)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals and /proc")
 ONE_EPOCH_END = ("final.pdparams", "final_ema.pdparams", "ckpt_e0000_i000005.pdckpt")
@@ -99,19 +99,6 @@ def test_sigterm_to_the_whole_process_group_spares_the_dataloader_workers(refere
     _, stderr = run.communicate(timeout=60)
     assert run.returncode == PREEMPTED_EXIT_CODE, stderr[-3000:]
     assert re.search(r"preempted: stopped on SIGTERM after epoch \d iteration \d: the newest checkpoint is", stderr)
-
-
-def processes_with(marker: str) -> list[int]:
-    """Pids of live processes whose command line holds ``marker``."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    pids.append(int(pid))
-        except OSError:
-            pass
-    return pids
 
 
 def start_launch(args: list[str], log_dir: str) -> subprocess.Popen:

@@ -1,7 +1,8 @@
 """A dying rank or DataLoader worker ends the run: a non-zero exit soon after, the log naming who died and why.
 
-The faults are real. This file is also the training script: ``python tests/engine/test_worker_death.py -c ...`` (alone or
-under ``paddle.distributed.launch``) injects the fault named by ``$PASSL_TL_TEST_FAULT`` and runs tools/train.py.
+The faults are real. This file is also the training script: ``python tests/engine/test_worker_death.py -c ...``
+(alone or under ``paddle.distributed.launch``) injects the fault named by ``$PASSL_TL_TEST_FAULT`` and runs
+tools/train.py.
 """
 import multiprocessing
 import os
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import DEMO_CONFIG, REPO_ROOT, clean_env, small_run_overrides
+from tests.conftest import DEMO_CONFIG, REPO_ROOT, clean_env, processes_with, small_run_overrides
 
 FAULT_ENV = "PASSL_TL_TEST_FAULT"
 FAULT_STEP = 2  # rank faults: at this training iteration
@@ -77,19 +78,6 @@ class Run:
     log_txt: str  # <output_dir>/log.txt
     seconds_after_fault: float
     leftovers: list[int]  # pids of the run's processes still alive
-
-
-def processes_with(marker: str) -> list[int]:
-    """Pids of live processes whose command line holds ``marker`` (zombies have none)."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    pids.append(int(pid))
-        except OSError:
-            pass
-    return pids
 
 
 def wait_for_leftovers(marker: str, seconds: float = 15.0) -> list[int]:
