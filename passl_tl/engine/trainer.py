@@ -241,10 +241,12 @@ class Trainer:
             "epoch": epoch,
             "iters_done": iters_done,
             "iters_per_epoch": self.iters_per_epoch,
-            "sample_order": self.sample_order(),
+            "sample_order": self.sample_order,
         }
 
+    @functools.cached_property
     def sample_order(self) -> dict[str, Any]:
+        """Computed once: hashing the file list of ImageNet takes a second, and every checkpoint records it."""
         return sample_order(self.train_loader, self.seed, world_size(), self.optim_wrapper.accumulate_steps)
 
     def resume(self, path: str) -> None:
@@ -262,7 +264,7 @@ class Trainer:
         else:
             state = load_checkpoint(path)
         saved_order = state.get("sample_order") or {key: state[key] for key in ("iters_per_epoch", "accumulate_steps")}
-        check_same_sample_order(saved_order, self.sample_order(), path)
+        check_same_sample_order(saved_order, self.sample_order, path)
         set_state_strict(self.model_without_ddp, state["model"], path)
         self.optimizer.set_state_dict(restore_optimizer_state(state["optimizer"], self.model_without_ddp))
         if self.optim_wrapper.scaler is not None and state["scaler"] is not None:
