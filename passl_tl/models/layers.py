@@ -173,16 +173,18 @@ class Attention(nn.Layer):
 
 
 class Block(nn.Layer):
-    """Pre-norm transformer block; each residual branch is divided by ``skip_lam``."""
+    """Pre-norm transformer block; each residual branch is divided by ``skip_lam``.
+
+    ``attention`` replaces the multi-head self-attention (VOLO's outlookers pass their outlook attention)."""
 
     def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, mlp_ratio: float = 4.0,
                  qkv_bias: bool = False, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
                  act_layer: type[nn.Layer] = nn.GELU, norm_eps: float = 1e-5, skip_lam: float = 1.0,
-                 qk_scale: float | None = None):
+                 qk_scale: float | None = None, attention: nn.Layer | None = None):
         super().__init__()
         self.skip_lam = skip_lam
         self.norm1 = nn.LayerNorm(dim, epsilon=norm_eps)
-        self.attn = Attention(dim, num_heads, head_dim, qkv_bias, attn_drop, drop, qk_scale=qk_scale)
+        self.attn = attention or Attention(dim, num_heads, head_dim, qkv_bias, attn_drop, drop, qk_scale=qk_scale)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, epsilon=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)

@@ -1,8 +1,8 @@
 """Position embeddings for another token grid (fine-tuning at another image size).
 
 As the official fine-tuning does: the positions of the prefix tokens (cls, and DeiT's distillation
-token) are kept, the patch positions are reshaped to their grid and resized bicubically
-(``align_corners=False``, cubic coefficient a = -0.75).
+token) are kept, the patch positions are reshaped to their grid (VOLO stores them as one) and resized
+bicubically (``align_corners=False``, cubic coefficient a = -0.75).
 """
 from __future__ import annotations
 
@@ -31,6 +31,12 @@ def resize_pos_embed(pos_embed: np.ndarray, old_grid: tuple[int, int], new_grid:
     row-major patch positions resized from ``old_grid`` (h, w) to ``new_grid`` (H, W) bicubically."""
     pos_embed = pos_embed.astype(np.float32)
     cls_pos, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    grid = paddle.to_tensor(patches.reshape(1, *old_grid, -1).transpose(0, 3, 1, 2))
-    resized = F.interpolate(grid, size=list(new_grid), mode="bicubic", align_corners=False).numpy()
-    return np.concatenate([cls_pos, resized.transpose(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1)], axis=1)
+    resized = resize_pos_grid(patches.reshape(1, *old_grid, -1), new_grid)
+    return np.concatenate([cls_pos, resized.reshape(1, new_grid[0] * new_grid[1], -1)], axis=1)
+
+
+def resize_pos_grid(grid: np.ndarray, new_grid: tuple[int, int]) -> np.ndarray:
+    """``[1, h, w, D]`` → ``[1, H, W, D]`` in float32, bicubically (VOLO keeps its positions as such a grid)."""
+    channels_first = paddle.to_tensor(grid.astype(np.float32).transpose(0, 3, 1, 2))
+    resized = F.interpolate(channels_first, size=list(new_grid), mode="bicubic", align_corners=False)
+    return resized.numpy().transpose(0, 2, 3, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import functools
 import math
+import re
 from typing import Any, Mapping
 
 import numpy as np
@@ -16,7 +17,7 @@ from .weights import POS_EMBED, convert_official
 PROBE_SIZE = 224  # image size the presets are probed at to learn their patch stride
 CLASSIFIER_LAYERS = ("cls_head", "fc")  # our names of a head's main classifier
 # A key that only one family's official checkpoints have -> that family's preset names (checked in order).
-FAMILIES = (("patch_embed.conv1.weight", "lvvit_"), ("tokens_to_token.", "t2t_vit_"),
+FAMILIES = (("patch_embed.conv1.weight", "lvvit_"), ("tokens_to_token.", "t2t_vit_"), ("post_network.", "volo_"),
             ("patch_embed.proj.weight", "deit_"), ("stem.conv.weight", "regnety_"))
 BLOCKS = "backbone.blocks."
 
@@ -62,10 +63,15 @@ def preset_arguments(name: str, state: Mapping[str, np.ndarray], overrides: Mapp
             arguments["num_classes"] = state[f"{official}.weight"].shape[0]
     grid = getattr(probe.backbone, "grid_size", None)
     if "pos_embed" in state and grid and "img_size" not in overrides:
-        patches = state["pos_embed"].shape[1] - probe.backbone.num_prefix_tokens
-        side = math.isqrt(patches)
-        if side * side == patches:
-            arguments["img_size"] = side * PROBE_SIZE // grid[0]
+        shape = state["pos_embed"].shape
+        if len(shape) == 4:  # a [1, rows, cols, D] grid (VOLO)
+            rows, cols = shape[1:3]
+        else:  # [1, prefix + rows·cols, D]
+            rows = cols = math.isqrt(shape[1] - probe.backbone.num_prefix_tokens)
+            rows = rows if rows * cols == shape[1] - probe.backbone.num_prefix_tokens else None
+        if rows:
+            sizes = (rows * PROBE_SIZE // grid[0], cols * PROBE_SIZE // grid[1])
+            arguments["img_size"] = sizes[0] if sizes[0] == sizes[1] else sizes
     return {**arguments, **overrides}
 
 
@@ -95,18 +101,23 @@ def _same_shapes(state: Mapping[str, np.ndarray], model: nn.Layer, skip: str | N
 
 
 def _architecture_shape(key: str, value: Any) -> list[Any]:
+    """A tensor's shape with pos_embed's grid left out: loading resizes it."""
     shape = list(value.shape)
-    return shape[:1] + ["tokens"] + shape[2:] if key == POS_EMBED and len(shape) == 3 else shape
+    return [shape[0], *["grid"] * (len(shape) - 2), shape[-1]] if key == POS_EMBED else shape
 
 
 def describe(state: Mapping[str, np.ndarray]) -> str:
     """The architecture an official state dict shows, for error messages."""
     def dim(key: str, axis: int) -> Any:
-        return state[key].shape[axis] if key in state else "?"
+        return state[key].shape[axis] if key in state and axis < len(state[key].shape) else "?"
 
-    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
-    return (f"{len(state)} tensors, embed_dim {dim('cls_token', -1)}, depth {depth}, "
-            f"pos_embed tokens {dim('pos_embed', 1)}, head {dim('head.weight', 0)} classes")
+    depth = len({match.group(0) for k in state if (match := _BLOCK.match(k))})
+    grid = f"grid {list(state['pos_embed'].shape[1:3])}" if dim("pos_embed", 3) != "?" else f"tokens {dim('pos_embed', 1)}"
+    return (f"{len(state)} tensors, embed_dim {dim('cls_token', -1)}, depth {depth}, pos_embed {grid}, "
+            f"head {dim('head.weight', 0)} classes")
+
+
+_BLOCK = re.compile(r"(blocks\.\d+|network\.\d+\.\d+|post_network\.\d+)\.")  # ViT / VOLO block names
 
 
 def choose_preset(state: Mapping[str, np.ndarray], overrides: Mapping[str, Any], src: str) -> str:

@@ -1,7 +1,8 @@
 """MixToken (LV-ViT): a CutMix box on the token grid, swapped between each sample and its batch-flipped
 partner. Everything of it lives here: the box drawn per step (:class:`MixToken`, a batch stage), the
-tokens swapped inside the backbone (:func:`mix_tokens`), the dense logits swapped back in the head
-(:func:`unmix_tokens`) and the class target mixed by the box's share (:func:`mix_class_target`).
+tokens (or a finer feature map) swapped inside the backbone (:func:`mix_tokens`, :func:`mix_map`), the dense
+logits swapped back in the head (:func:`unmix_tokens`) and the class target mixed by the box's share
+(:func:`mix_class_target`). The box is always drawn on the token grid, the grid of the token labels.
 
 Box convention (official ``rand_bbox``): ``(x1, y1, x2, y2)`` covers rows ``x1:x2`` and columns
 ``y1:y2`` of the ``[rows, cols]`` token grid; an empty box (``x1 == x2`` or ``y1 == y2``) mixes nothing.
@@ -67,6 +68,17 @@ def _replace_span(x: Tensor, axis: int, start: int, stop: int, middle: Tensor) -
     return paddle.concat([before, middle, after], axis=axis)
 
 
+def mix_map(x: Tensor, box: Sequence[int] | None, scale: int = 1, row_axis: int = 1) -> Tensor:
+    """A feature map whose grid is ``scale`` times finer than the box's grid, with the box (scaled by ``scale``)
+    swapped between partners; rows along ``row_axis``, columns the axis after it.
+
+    A backbone that mixes before it pools to its token grid (VOLO: the box is drawn on the token grid and
+    applied to the 2x finer outlooker input) passes its pooling factor as ``scale``."""
+    if is_empty(box):
+        return x
+    return flip_box(x, tuple(int(v) * scale for v in box), row_axis)
+
+
 def mix_tokens(tokens: Tensor, grid_size: Sequence[int], box: Sequence[int] | None) -> Tensor:
     """Row-major tokens ``[B, N, D]`` of the ``grid_size`` grid with the box swapped between partners."""
     B, N, D = tokens.shape
@@ -75,7 +87,7 @@ def mix_tokens(tokens: Tensor, grid_size: Sequence[int], box: Sequence[int] | No
         raise ValueError(f"these images give {N} patch tokens, the model was built for a {rows}x{cols} token grid")
     if is_empty(box):
         return tokens
-    return flip_box(tokens.reshape([B, rows, cols, D]), box, row_axis=1).reshape([B, N, D])
+    return mix_map(tokens.reshape([B, rows, cols, D]), box).reshape([B, N, D])
 
 
 unmix_tokens = mix_tokens  # swapping the box back is the same swap: each token's logits realign with its sample

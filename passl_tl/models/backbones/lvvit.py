@@ -21,21 +21,30 @@ from .vit import ImageSize, VisionTransformer, image_size
 class ConvStem(nn.Layer):
     """conv7x7/2 → BN → ReLU, (conv3x3 → BN → ReLU) ×2, then a strided ``patch_size // 2`` projection.
 
-    Each BN → ReLU → next conv is one lean step, whose backward (in training) recomputes ReLU(BN)."""
+    Each BN → ReLU → next conv is one lean step, whose backward (in training) recomputes ReLU(BN).
+    ``keep_layers`` registers the layers under the family's official names (here LV-ViT's ``conv1`` ...)."""
 
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int, channels: int):
         super().__init__()
-        self.conv1 = nn.Conv2D(in_chans, channels, 7, stride=2, padding=3, bias_attr=False)
-        self.bn1 = TorchBatchNorm2D(channels)
-        self.conv2 = nn.Conv2D(channels, channels, 3, padding=1, bias_attr=False)
-        self.bn2 = TorchBatchNorm2D(channels)
-        self.conv3 = nn.Conv2D(channels, channels, 3, padding=1, bias_attr=False)
-        self.bn3 = TorchBatchNorm2D(channels)
-        self.proj = nn.Conv2D(channels, embed_dim, patch_size // 2, stride=patch_size // 2)
+        convs, norms = [], []
+        for kernel, stride, inputs in ((7, 2, in_chans), (3, 1, channels), (3, 1, channels)):
+            convs.append(nn.Conv2D(inputs, channels, kernel, stride=stride, padding=kernel // 2, bias_attr=False))
+            norms.append(TorchBatchNorm2D(channels))
+        self.keep_layers(convs, norms, nn.Conv2D(channels, embed_dim, patch_size // 2, stride=patch_size // 2))
+
+    def keep_layers(self, convs: list[nn.Conv2D], norms: list[nn.BatchNorm2D], proj: nn.Conv2D) -> None:
+        self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3 = (
+            layer for pair in zip(convs, norms) for layer in pair)
+        self.proj = proj
+
+    def layers(self) -> tuple[list[nn.Conv2D], list[nn.BatchNorm2D]]:
+        """The four convolutions (the projection last) and the three BatchNorms between them."""
+        return [self.conv1, self.conv2, self.conv3, self.proj], [self.bn1, self.bn2, self.bn3]
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.conv1(x)
-        for bn, conv in ((self.bn1, self.conv2), (self.bn2, self.conv3), (self.bn3, self.proj)):
+        convs, norms = self.layers()
+        x = convs[0](x)
+        for bn, conv in zip(norms, convs[1:]):
             x = lean_backward.bn_relu_conv(x, bn, conv)
         return x
 
