@@ -1,9 +1,11 @@
 """Convert an official PyTorch checkpoint (LV-ViT, DeiT, T2T-ViT, RegNetY) into our .pdparams (no PyTorch needed).
 
     python tools/convert_weights.py --src lvvit_s-26M-224-83.3.pth.tar --dst lvvit_small.pdparams
+    python tools/convert_weights.py --src model.safetensors --dst out.pdparams
     python tools/convert_weights.py --src ckpt.pth --dst out.pdparams --model lvvit_tiny -o depth=2
     python tools/convert_weights.py --src last.pth.tar --dst ema.pdparams --use-ema
 
+The checkpoint is a torch.save file (.pth, .pth.tar, .pt, .bin) or a Hugging Face .safetensors file.
 The preset is inferred from the checkpoint's shapes unless --model is given; img_size and
 num_classes are taken from the checkpoint (pos_embed, head) unless overridden with -o. An
 -o img_size other than the checkpoint's resizes pos_embed bicubically.
@@ -20,16 +22,15 @@ from passl_tl.engine.checkpoint import save_atomic
 from passl_tl.models import create_model
 from passl_tl.models.preset_inference import choose_preset, preset_arguments
 from passl_tl.models.weights import (adapt_state, convert_official, linear_weight_names, official_key_map,
-                                     select_state_dict, set_state_strict)
+                                     read_official_state, set_state_strict)
 from passl_tl.utils.cli import run_tool
 from passl_tl.utils.config import parse_override
 from passl_tl.utils.logger import get_logger
 from passl_tl.utils.registry import ConfigError
-from passl_tl.utils.torch_checkpoint import load_torch_file
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--src", required=True, help="official checkpoint: .pth, .pth.tar or .pt")
+    parser.add_argument("--src", required=True, help="official checkpoint: .pth, .pth.tar, .pt, .bin or .safetensors")
     parser.add_argument("--dst", required=True, help="output .pdparams file")
     parser.add_argument("--model", help="model preset, e.g. lvvit_small (default: inferred from the shapes)")
     parser.add_argument("-o", "--override", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
     if not args.dst.endswith(".pdparams"):
         raise ConfigError(f"--dst {args.dst}: the output must be a .pdparams file")
-    state, layout = select_state_dict(load_torch_file(args.src), args.src, use_ema=args.use_ema)
+    state, layout = read_official_state(args.src, use_ema=args.use_ema)
     name = args.model or choose_preset(state, model_overrides(args.override), args.src)
     overrides = preset_arguments(name, state, model_overrides(args.override))
     model = create_model(name, **overrides)

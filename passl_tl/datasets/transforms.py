@@ -138,14 +138,24 @@ class RandomResizedCropWithCoords:
         return _record_crop(sample, resized, (i / img.height, j / img.width, h / img.height, w / img.width))
 
 
+def centre_crop_start(side: int, crop: int) -> int:
+    """Where torchvision's ``center_crop`` of ``crop`` pixels starts along a side of ``side`` pixels.
+    A shorter side is padded first, ``(crop - side) // 2`` before it: the start is minus that (not
+    ``round``, which takes -15.5 to -16)."""
+    if side < crop:
+        return -((crop - side) // 2)
+    return int(round((side - crop) / 2.0))
+
+
 @TRANSFORMS.register
 class ResizeCropPct:
-    """timm eval transform: resize the shorter side to ``floor(size / crop_pct)``, centre-crop ``size``."""
+    """timm eval transform: resize the shorter side to ``floor(size / crop_pct)``, centre-crop ``size``.
+    A ``crop_pct`` above 1 (VOLO-D4/D5 at 448/512 use 1.15) pads with black as torchvision's ``CenterCrop``."""
 
-    def __init__(self, size: PositiveInt, crop_pct: Annotated[float, Range(0, 1, low_open=True)] = 0.9,
+    def __init__(self, size: PositiveInt, crop_pct: Annotated[float, Range(0, 2, low_open=True)] = 0.9,
                  interpolation: Interpolation = "bicubic"):
-        if not 0 < crop_pct <= 1:
-            raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        if not 0 < crop_pct <= 2:
+            raise ValueError(f"crop_pct must be in (0, 2], got {crop_pct}")
         self.size = size
         self.scale_size = int(math.floor(size / crop_pct))
         self.filter = resample_filters(interpolation, allow_random=False)[0]
@@ -158,9 +168,8 @@ class ResizeCropPct:
         else:
             new_w, new_h = int(self.scale_size * width / height), self.scale_size
         resized = img.resize((new_w, new_h), self.filter)
-        top = int(round((new_h - self.size) / 2.0))
-        left = int(round((new_w - self.size) / 2.0))
-        cropped = resized.crop((left, top, left + self.size, top + self.size))
+        top, left = centre_crop_start(new_h, self.size), centre_crop_start(new_w, self.size)
+        cropped = resized.crop((left, top, left + self.size, top + self.size))  # PIL fills outside with 0
         crop = (top / new_h, left / new_w, self.size / new_h, self.size / new_w)
         return _record_crop(sample, cropped, crop)
 

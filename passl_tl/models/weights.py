@@ -1,4 +1,4 @@
-"""Load our ``.pdparams`` or an official PyTorch checkpoint into a model, strictly.
+"""Load our ``.pdparams`` or an official PyTorch checkpoint or ``.safetensors`` file into a model, strictly.
 
 The only tolerated differences: a ``backbone.pos_embed`` for another token grid is resized (fine-tuning
 at another image size) and, when asked, head tensors of another shape are skipped (another dataset).
@@ -15,10 +15,13 @@ import paddle.nn as nn
 from ..utils.logger import get_logger
 from ..utils.paddle_file import load_paddle_file
 from ..utils.registry import ConfigError
+from ..utils.safetensors_file import load_safetensors
 from ..utils.torch_checkpoint import load_torch_file
-from .pos_embed import patch_grid, resize_pos_embed
+from .pos_embed import patch_grid, resize_pos_embed, resize_pos_grid
 
-TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt")
+TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt", ".bin")  # .bin: the Hugging Face hub's pytorch_model.bin
+SAFETENSORS_SUFFIX = ".safetensors"
+OFFICIAL_SUFFIXES = TORCH_SUFFIXES + (SAFETENSORS_SUFFIX,)
 # Where a training checkpoint keeps the weights, in order of preference.
 CHECKPOINT_KEYS = ("model", "state_dict", "state_dict_ema")
 EMA_KEY = "state_dict_ema"
@@ -37,15 +40,24 @@ def load_weights(model: nn.Layer, path: str, skip_mismatched_head: bool = False,
             raise ConfigError(f"{path}: use_ema applies to official checkpoints; our EMA weights are their "
                               f"own files (final_ema.pdparams, best_ema.pdparams)")
         state, layout = dict(load_paddle_file(path)), "paddle state dict"
-    elif path.endswith(TORCH_SUFFIXES):
-        official, layout = select_state_dict(load_torch_file(path), path, use_ema=use_ema)
+    elif path.endswith(OFFICIAL_SUFFIXES):
+        official, layout = read_official_state(path, use_ema=use_ema)
         file_keys = {ours: theirs for theirs, ours in official_key_map(official, model).items()}
         state = convert_official(official, model)
     else:
-        raise ConfigError(f"unknown weights format {path}: expected .pdparams or {', '.join(TORCH_SUFFIXES)}")
+        raise ConfigError(f"unknown weights format {path}: expected .pdparams or {', '.join(OFFICIAL_SUFFIXES)}")
     notes, kept = adapt_state(model, state, path, skip_mismatched_head)
     set_state_strict(model, state, path, file_keys)
     return "; ".join([f"loaded {len(state) - len(kept)} tensors from {os.path.basename(path)} ({layout})", *notes])
+
+
+def read_official_state(path: str, use_ema: bool = False) -> tuple[dict[str, np.ndarray], str]:
+    """The official (PyTorch-layout) state dict in ``path`` and where it was found: a ``.safetensors``
+    file holds a plain state dict, any other file is read as ``torch.save``'s (``select_state_dict``)."""
+    if path.endswith(SAFETENSORS_SUFFIX):
+        state, _ = select_state_dict(load_safetensors(path), path, use_ema=use_ema)
+        return state, "safetensors state dict"
+    return select_state_dict(load_torch_file(path), path, use_ema=use_ema)
 
 
 def adapt_state(model: nn.Layer, state: dict[str, Any], path: str, skip_mismatched_head: bool = False
@@ -128,21 +140,28 @@ def _strip_module_prefix(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
 
 
 def _fit_pos_embed(model: nn.Layer, state: dict[str, Any], expected: Mapping[str, Any], path: str) -> list[str]:
-    """Resize the file's position embedding when only its token count differs from the model's."""
+    """Resize the file's position embedding when only its grid differs from the model's: ``[1, p + N, D]``
+    token tables (ViTs) or ``[1, rows, cols, D]`` grids (VOLO)."""
     if POS_EMBED not in state or POS_EMBED not in expected:
         return []
     old, new = list(state[POS_EMBED].shape), list(expected[POS_EMBED].shape)
-    if old == new or len(old) != 3 or old[0] != 1 or old[2] != new[2]:
+    if old == new or len(old) != len(new) or len(old) not in (3, 4) or old[0] != 1 or old[-1] != new[-1]:
         return []  # equal, or a difference the strict check reports
-    grid, prefix = tuple(model.grid_size), model.backbone.num_prefix_tokens
-    old_grid = patch_grid(old[1] - prefix, grid)
-    if old_grid is None:
-        raise ValueError(f"cannot load {path} into {type(model).__name__}; {POS_EMBED} (file {old}, model {new}) "
-                         f"cannot be resized: its {old[1] - prefix} patch positions after the {prefix} prefix "
-                         f"token(s) form neither a square grid nor one of the model's {grid[0]}x{grid[1]} aspect ratio")
     value = state[POS_EMBED]
-    state[POS_EMBED] = resize_pos_embed(value.numpy() if isinstance(value, paddle.Tensor) else value, old_grid, grid,
-                                        prefix)
+    value = value.numpy() if isinstance(value, paddle.Tensor) else value
+    grid = tuple(model.grid_size)
+    if len(old) == 4:
+        old_grid = tuple(old[1:3])
+        state[POS_EMBED] = resize_pos_grid(value, grid)
+    else:
+        prefix = model.backbone.num_prefix_tokens
+        old_grid = patch_grid(old[1] - prefix, grid)
+        if old_grid is None:
+            raise ValueError(f"cannot load {path} into {type(model).__name__}; {POS_EMBED} (file {old}, model {new}) "
+                             f"cannot be resized: its {old[1] - prefix} patch positions after the {prefix} prefix "
+                             f"token(s) form neither a square grid nor one of the model's {grid[0]}x{grid[1]} "
+                             f"aspect ratio")
+        state[POS_EMBED] = resize_pos_embed(value, old_grid, grid, prefix)
     return [f"resized {POS_EMBED} from {old_grid[0]}x{old_grid[1]} to {grid[0]}x{grid[1]}"]
 
 

@@ -132,6 +132,46 @@ def test_resize_crop_pct_is_timm_eval_transform():
     assert out["crop"] == pytest.approx((4 / 73, 22 / 109, 64 / 73, 64 / 109))
 
 
+def test_resize_crop_pct_above_one_pads_like_torchvision():
+    """VOLO-D4/D5 eval (crop_pct 1.15): the 194-pixel short side is padded 15 + 15 with black."""
+    landscape = np.random.RandomState(4).randint(1, 256, (200, 300, 3), dtype=np.uint8)  # no black pixel
+    portrait = np.ascontiguousarray(landscape.transpose(1, 0, 2))
+    t = ResizeCropPct(224, crop_pct=1.15)  # short side floor(224 / 1.15) = 194, long side cropped at 67 / 2 -> 34
+
+    resized = np.asarray(Image.fromarray(landscape).resize((291, 194), Image.BICUBIC))
+    expected = np.zeros((224, 224, 3), np.uint8)
+    expected[15:209] = resized[:, 34:258]
+    out = t({"img": landscape}, random.Random(0))
+    np.testing.assert_array_equal(np.asarray(out["img"]), expected)
+    assert out["crop"] == pytest.approx((-15 / 194, 34 / 291, 224 / 194, 224 / 291))
+
+    resized = np.asarray(Image.fromarray(portrait).resize((194, 291), Image.BICUBIC))
+    expected = np.zeros((224, 224, 3), np.uint8)
+    expected[:, 15:209] = resized[34:258]
+    out = t({"img": portrait}, random.Random(0))
+    np.testing.assert_array_equal(np.asarray(out["img"]), expected)
+    assert out["crop"] == pytest.approx((34 / 291, -15 / 194, 224 / 291, 224 / 194))
+
+
+def test_resize_crop_pct_odd_padding_puts_the_extra_pixel_after():
+    """Both sides shorter than the crop, by 30 and 23: torchvision pads 15 + 15 and 11 + 12 (round
+    would start at round(-11.5) = -12, one pixel off)."""
+    img = np.random.RandomState(5).randint(1, 256, (208, 200, 3), dtype=np.uint8)
+    resized = np.asarray(Image.fromarray(img).resize((194, 201), Image.BICUBIC))  # int(194 * 208 / 200) = 201
+    expected = np.zeros((224, 224, 3), np.uint8)
+    expected[11:212, 15:209] = resized
+    out = ResizeCropPct(224, crop_pct=1.15)({"img": img}, random.Random(0))
+    np.testing.assert_array_equal(np.asarray(out["img"]), expected)
+    assert out["crop"] == pytest.approx((-11 / 201, -15 / 194, 224 / 201, 224 / 194))
+
+
+def test_resize_crop_pct_above_two_is_refused():
+    with pytest.raises(ValueError, match=r"crop_pct must be in \(0, 2\], got 2\.5"):
+        ResizeCropPct(224, crop_pct=2.5)
+    with pytest.raises(ValueError, match=r"crop_pct.*2\.5"):
+        TRANSFORMS.build({"name": "ResizeCropPct", "size": 224, "crop_pct": 2.5})
+
+
 def test_normalize():
     img = np.random.RandomState(3).randint(0, 256, (5, 7, 3), dtype=np.uint8)
     out = Normalize()({"img": img}, random.Random(0))["img"]

@@ -14,7 +14,8 @@ from passl_tl.models.weights import select_state_dict
 from passl_tl.utils.registry import ConfigError
 from passl_tl.utils.torch_checkpoint import Placeholder, load_torch_file
 
-from tests.conftest import fixture_path, load_npz
+from tests.conftest import fixture_path, load_npz, write_torch_zip
+from tests.utils.test_safetensors_file import write_raw, write_safetensors
 
 
 @pytest.mark.parametrize("case, layout", [
@@ -110,6 +111,39 @@ def test_unsupported_files(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
         load_weights(_small_model(), str(junk))
+
+
+@pytest.mark.parametrize("name, write, layout", [
+    ("model.safetensors", write_safetensors, "safetensors state dict"),
+    ("pytorch_model.bin", write_torch_zip, "plain torch state dict"),
+])
+def test_hub_weight_files_load_like_the_pth(tmp_path, name, write, layout):
+    """timm's files on the Hugging Face hub hold the official state dict: loaded as from the .pth."""
+    ref = load_npz("lvvit_t_d2.npz")
+    path = write(tmp_path / name, {k[len("sd/"):]: v for k, v in ref.items() if k.startswith("sd/")})
+    paddle.seed(1)
+    via_pth, via_hub = (create_model("lvvit_tiny", depth=2, num_classes=10) for _ in range(2))
+    load_weights(via_pth, fixture_path("lvvit_t_d2.pth"))
+    assert load_weights(via_hub, path) == f"loaded 47 tensors from {name} ({layout})"
+    for key, value in via_pth.state_dict().items():
+        np.testing.assert_array_equal(via_hub.state_dict()[key].numpy(), value.numpy(), err_msg=key)
+    x = paddle.to_tensor(ref["x"])
+    via_pth.eval()
+    via_hub.eval()
+    np.testing.assert_array_equal(via_hub(x).numpy(), via_pth(x).numpy())
+    np.testing.assert_allclose(via_hub(x).numpy(), ref["eval/out"], rtol=0, atol=1e-5)
+
+
+def test_safetensors_errors_name_the_file(tmp_path):
+    model = create_model("lvvit_tiny", depth=2, num_classes=10)
+    damaged = write_raw(tmp_path / "damaged.safetensors", b'{"w": ')
+    with pytest.raises(ValueError, match=f"{damaged}: the safetensors header is not UTF-8 JSON"):
+        load_weights(model, damaged)
+    ref = load_npz("lvvit_t_d2.npz")
+    plain = write_safetensors(tmp_path / "model.safetensors",
+                              {k[len("sd/"):]: v for k, v in ref.items() if k.startswith("sd/")})
+    with pytest.raises(ValueError, match=rf"{plain}: no state dict found; .* \(expected one of state_dict_ema\)"):
+        load_weights(model, plain, use_ema=True)
 
 
 def test_truncated_tensor_storage_is_an_error_not_an_out_of_bounds_read(tmp_path):

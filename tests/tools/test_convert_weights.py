@@ -13,6 +13,7 @@ from passl_tl.utils.registry import ConfigError
 from passl_tl.utils.torch_checkpoint import load_torch_file
 
 from tests.conftest import REPO_ROOT, fixture_path, import_tool, load_npz, write_torch_zip
+from tests.utils.test_safetensors_file import write_safetensors
 
 convert_weights = import_tool("convert_weights")  # tools/convert_weights.py
 
@@ -71,6 +72,8 @@ def test_converted_fixture_gives_the_official_logits(tmp_path, capsys, official)
     ("state_dict", ".pth.tar", "torch checkpoint['state_dict']"),
     ("state_dict_ema", ".pt", "torch checkpoint['state_dict_ema']"),
     ("module.", ".pth.tar", "plain torch state dict"),
+    ("plain", ".bin", "plain torch state dict"),  # the Hugging Face hub's pytorch_model.bin
+    ("plain", ".safetensors", "safetensors state dict"),
 ])
 def test_every_checkpoint_layout(tmp_path, capsys, official, layout, suffix, found):
     state, _ = official
@@ -80,7 +83,8 @@ def test_every_checkpoint_layout(tmp_path, capsys, official, layout, suffix, fou
         checkpoint = {f"module.{k}": v for k, v in state.items()}
     else:
         checkpoint = {layout: state, "epoch": 7, "version": 2}
-    src = write_torch_zip(tmp_path / f"ckpt{suffix}", checkpoint)
+    write = write_safetensors if suffix == ".safetensors" else write_torch_zip
+    src = write(tmp_path / f"ckpt{suffix}", checkpoint)
     dst = convert(tmp_path, src, "-o", "depth=2")  # preset inferred: lvvit_tiny
     assert capsys.readouterr().out.splitlines()[:2] == [
         f"{src}: {found}, 50 tensors", "model: lvvit_tiny(depth=2, img_size=224, num_classes=10)"]
