@@ -170,10 +170,13 @@ def test_token_labeling_on_other_families(family, name):
     assert type(model.head).__name__ == "TokenLabelHead" and tuple(model.grid_size) == (14, 14)
 
 
-@pytest.mark.parametrize("path", sorted(
+ALL_CONFIGS = sorted(  # every shipped config (configs/<family>/<name>.yaml), _base_ files aside
     os.path.relpath(os.path.join(d, f), os.path.join(REPO_ROOT, "configs"))
     for d, _, files in os.walk(os.path.join(REPO_ROOT, "configs")) if "_base_" not in d
-    for f in files if f.endswith(".yaml")))
+    for f in files if f.endswith(".yaml"))
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS)
 def test_every_config_names_registered_components(path):
     cfg = load_run_config(os.path.join(REPO_ROOT, "configs", path))
     model = cfg["model"]
@@ -186,3 +189,100 @@ def test_every_config_names_registered_components(path):
     assert all(h["name"] in HOOKS for h in cfg["hooks"].values() if h)
     if cfg["batch"]["teacher"]:
         assert cfg["batch"]["teacher"]["teacher"]["name"] in MODELS
+
+
+# VOLO (sail-sg/volo): main.py defaults and README commands; D4/D5 at 224 from the paper's training table; the
+# D4/D5 fine-tunes take the paper's batch 512 and lr 5e-6, the rest as the D3 448 command (their YAML says which).
+# config: (preset, img size, drop path, lr, min lr, weight decay, batch per GPU (x 8), warmup, epochs (+ 10
+# cooldown), eval crop_pct (timm's per resolution), token-label grid, ground_truth)
+VOLO = {
+    "volo_d1": ("volo_d1", 224, 0.1, 1.6e-3, 1e-5, 0.05, 128, 20, 300, 0.96, 14, False),
+    "volo_d2": ("volo_d2", 224, 0.2, 1.0e-3, 1e-5, 0.05, 128, 20, 300, 0.96, 14, False),
+    "volo_d3": ("volo_d3", 224, 0.5, 1.0e-3, 1e-5, 0.05, 128, 20, 300, 0.96, 14, False),
+    "volo_d4": ("volo_d4", 224, 0.5, 1.0e-3, 1e-5, 0.05, 128, 20, 300, 0.96, 14, False),
+    "volo_d5": ("volo_d5", 224, 0.75, 8.0e-4, 1e-5, 0.05, 128, 20, 300, 0.96, 14, False),
+    "volo_d1_384": ("volo_d1", 384, 0.1, 8e-6, 4e-6, 1e-8, 64, 5, 30, 1.0, 24, True),
+    "volo_d2_384": ("volo_d2", 384, 0.2, 8e-6, 4e-6, 1e-8, 48, 5, 30, 1.0, 24, True),
+    "volo_d3_448": ("volo_d3", 448, 0.5, 8e-6, 4e-6, 1e-8, 30, 5, 30, 1.0, 28, True),
+    "volo_d4_448": ("volo_d4", 448, 0.5, 5e-6, 4e-6, 1e-8, 64, 5, 30, 1.15, 28, True),
+    "volo_d5_448": ("volo_d5", 448, 0.75, 5e-6, 4e-6, 1e-8, 64, 5, 30, 1.15, 28, True),
+    "volo_d5_512": ("volo_d5", 512, 0.75, 5e-6, 4e-6, 1e-8, 64, 5, 30, 1.15, 32, True),
+}
+
+
+def test_the_volo_table_covers_every_volo_config():
+    """Every configs/volo/*.yaml is in the table above, and so among the configs whose components are checked."""
+    assert sorted(f"volo/{name}.yaml" for name in VOLO) == [path for path in ALL_CONFIGS if path.startswith("volo/")]
+
+
+@pytest.mark.parametrize("name", sorted(VOLO))
+def test_volo_configs_state_the_official_recipe(name):
+    preset, size, drop_path, lr, min_lr, wd, batch, warmup, epochs, crop_pct, grid, ground_truth = VOLO[name]
+    cfg = load_family("volo", name)
+    data, sched, hooks, stages = cfg["data"], cfg["lr_scheduler"], cfg["hooks"], cfg["batch"]
+    assert cfg["model"] == {"name": preset, "num_classes": 1000, "img_size": size, "drop_path_rate": drop_path,
+                            "dense_weight": 0.5, "cls_weight": 1.0, "ground_truth": ground_truth}
+    assert (cfg["optimizer"]["name"], cfg["optimizer"]["lr"], cfg["optimizer"]["weight_decay"]) == ("AdamW", lr, wd)
+    assert (sched["name"], sched["warmup_epochs"], sched["warmup_lr"], sched["min_lr"], sched["cooldown_epochs"]) == \
+        ("CosineWarmup", warmup, 1e-6, min_lr, 10)
+    assert (cfg["epochs"], cfg["seed"], cfg["output_dir"]) == (epochs, 42, f"output/{name}")
+    assert (data["batch_size"], data["val_batch_size"]) == (batch, batch)  # main.py: validation batch = -b
+    assert cfg["amp"]["enable"] and cfg["amp"]["dtype"] == "float16"  # --apex-amp
+
+    assert data["train"]["label_root"] == "data/label_top5_train_nfnet"
+    flip, rand_augment, crop, norm, erase = data["train"]["transforms"]  # tlt's token-label transforms
+    assert flip == {"name": "RandomHorizontalFlipWithLabel", "prob": 0.5}
+    assert rand_augment == {"name": "RandAugmentWithLabel", "config_str": RA2, "img_size": size,
+                            "interpolation": "random"}
+    assert crop["name"] == "RandomResizedCropWithCoords" and crop["size"] == size
+    assert crop["scale"] == [0.08, 1.0] and crop["ratio"] == pytest.approx([3 / 4, 4 / 3])
+    assert crop["interpolation"] == "random" and norm["name"] == "Normalize"
+    assert erase == {"name": "RandomErasing", "prob": 0.25, "mode": "pixel", "max_count": 1}
+    resize, _ = data["val"]["transforms"]
+    assert resize == {"name": "ResizeCropPct", "size": size, "crop_pct": crop_pct, "interpolation": "bicubic"}
+
+    target = stages["target"]  # on the model's token grid: img_size / 16 a side (--token-label-size)
+    assert size // 16 == grid
+    assert (target["name"], target["smoothing"], target.get("upsample_labels", False)) == \
+        ("TokenLabelTargets", 0.1, grid > 18)  # finer than the 18 x 18 NFNet maps: sampled finer
+    assert (stages["mixtoken"]["name"], stages["mixtoken"]["alpha"]) == ("MixToken", 1.0)
+    assert stages["mixup"] is None and stages["teacher"] is None  # no Mixup/CutMix (they conflict with MixToken)
+    assert hooks["ema"] is None  # no --model-ema in any README command
+    assert hooks["evaluate"].get("track", "ema") == "ema"  # without an EMA the raw model is evaluated and kept
+
+
+@pytest.mark.parametrize("name", sorted(VOLO))
+def test_volo_schedules_add_the_cooldown_epochs(name):
+    """timm's cosine scheduler runs its cooldown epochs after --epochs: 310 at 224, 40 for the fine-tunes'
+    --epochs 30. Warmup from 1e-6, the cosine down to min_lr at ``epochs``, then min_lr to the end."""
+    _, _, _, lr, min_lr, _, _, warmup, epochs, _, _, _ = VOLO[name]
+    cfg = load_family("volo", name)
+    sched = LR_SCHEDULERS.build(cfg["lr_scheduler"], "test", base_lr=cfg["optimizer"]["lr"], epochs=cfg["epochs"])
+    assert sched.total_epochs == epochs + 10
+    lrs = [sched.lr_at(epoch) for epoch in range(sched.total_epochs)]
+    assert lrs[:warmup] == pytest.approx([1e-6 + t * (lr - 1e-6) / warmup for t in range(warmup)])
+    assert all(a > b for a, b in zip(lrs[warmup:epochs], lrs[warmup + 1:epochs + 1]))
+    assert max(lrs) == lrs[warmup] < lr and lrs[epochs:] == pytest.approx([min_lr] * 10)
+
+
+@pytest.mark.parametrize("name", sorted(VOLO))
+def test_volo_configs_build_their_models(name):
+    """Each config builds its preset (shapes only): a 16-pixel token grid, the token-label head with the config's
+    loss switches, and the parameter count its header states."""
+    import math
+    import re
+
+    import paddle
+
+    from passl_tl import build_model
+    preset, size, *_, grid, ground_truth = VOLO[name]
+    cfg = load_family("volo", name)
+    with paddle.LazyGuard():
+        model = build_model(cfg)
+    assert tuple(model.grid_size) == (size // 16, size // 16) == (grid, grid)
+    head = model.head
+    assert type(head).__name__ == "TokenLabelHead" and model.num_classes == 1000
+    assert (head.ground_truth, head.dense_weight, head.cls_weight) == (ground_truth, 0.5, 1.0)
+    header = open(os.path.join(REPO_ROOT, "configs", "volo", f"{name}.yaml"), encoding="utf-8").readline()
+    stated = float(re.search(r"([\d.]+)M parameters", header).group(1))
+    assert round(sum(math.prod(p.shape) for p in model.parameters()) / 1e6, 2) == stated
