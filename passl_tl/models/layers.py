@@ -19,8 +19,11 @@ def trunc_normal_(param: Tensor, std: float = 1.0, mean: float = 0.0, a: float =
     """Fill ``param`` with N(mean, std²) truncated to the ABSOLUTE interval [a, b] (timm semantics).
 
     With the usual ``std=.02`` the bounds ±2 are 100 std away, so this is an untruncated normal
-    (unlike Paddle's ``TruncatedNormal``, which cuts at ±2 std).
+    (unlike Paddle's ``TruncatedNormal``, which cuts at ±2 std). Parameters built under ``paddle.LazyGuard``
+    (shapes only, e.g. to compare a checkpoint with a preset) are left unfilled.
     """
+    if not param._is_initialized():
+        return param
     cdf_a = 0.5 * (1.0 + math.erf((a - mean) / (std * math.sqrt(2.0))))
     cdf_b = 0.5 * (1.0 + math.erf((b - mean) / (std * math.sqrt(2.0))))
     u = paddle.uniform(param.shape, dtype=param.dtype, min=2 * cdf_a - 1, max=2 * cdf_b - 1)
@@ -31,6 +34,8 @@ def trunc_normal_(param: Tensor, std: float = 1.0, mean: float = 0.0, a: float =
 
 @paddle.no_grad()
 def constant_(param: Tensor, value: float) -> Tensor:
+    if not param._is_initialized():  # built under paddle.LazyGuard: nothing to fill
+        return param
     param.set_value(paddle.full(param.shape, value, dtype=param.dtype))
     return param
 
@@ -44,7 +49,7 @@ def torch_default_conv_init_(conv: nn.Conv2D) -> None:
     fan_in = math.prod(conv.weight.shape[1:])
     bound = 1.0 / math.sqrt(fan_in)
     for param in (conv.weight, conv.bias):
-        if param is not None:
+        if param is not None and param._is_initialized():  # (not under paddle.LazyGuard)
             param.set_value(paddle.uniform(param.shape, dtype=param.dtype, min=-bound, max=bound))
 
 

@@ -16,8 +16,10 @@ import pytest
 from passl_tl.batch.pipeline import Batch
 from passl_tl.models import create_model, load_weights
 from passl_tl.models.heads import TokenLabelHead
+from passl_tl.models import preset_inference
 from passl_tl.models.weights import linear_weight_names
 from passl_tl.token_labels.mixtoken import sample_mix_box
+from passl_tl.utils.registry import ConfigError
 
 from tests.conftest import capture, close, fixture_path
 
@@ -240,3 +242,51 @@ def test_parameter_counts_match_official(key):
     # buffers: BatchNorm running stats plus one num_batches_tracked per BN (no Paddle counterpart)
     assert sum(math.prod(state[k].shape) for k in bn_stats) == official["buffers_numel"] - len(bn_stats) // 2
     assert len(state) == official["state_dict_tensors"] - len(bn_stats) // 2
+
+
+def official_shapes(model):
+    """``model``'s state dict as the official VOLO names it, shapes only (broadcast views: no memory)."""
+    linear = linear_weight_names(model)
+    heads = {"head.cls_head.": "head.", "head.aux_head.": "aux_head."}
+    state = {}
+    for ours, value in model.state_dict().items():
+        prefix = next((p for p in heads if ours.startswith(p)), None)
+        theirs = heads[prefix] + ours[len(prefix):] if prefix else ours[len("backbone."):]
+        theirs = theirs.replace("._mean", ".running_mean").replace("._variance", ".running_var")
+        shape = list(value.shape)[::-1] if ours in linear else list(value.shape)
+        state[theirs] = np.broadcast_to(np.float32(0), shape)
+    return state
+
+
+@pytest.mark.parametrize("key", ["volo_d1@384", "volo_d2@224", "volo_d3@448", "volo_d4@224", "volo_d5@512"])
+def test_released_checkpoints_name_their_preset_and_resolution(key):
+    """An official release (or timm's copy: same names) names its preset and image size by its shapes:
+    D3 and D4 differ only in width, D1/D2 and D5 in depth, mlp ratio and stem; pos_embed gives the size."""
+    preset, size = key.split("@")
+    with paddle.LazyGuard():
+        state = official_shapes(create_model(preset, img_size=int(size)))
+    assert preset_inference.choose_preset(state, {}, "release.pth.tar") == preset
+    assert preset_inference.preset_arguments(preset, state, {}) == {"img_size": int(size), "num_classes": 1000}
+
+
+def test_reduced_checkpoint_needs_model_and_names_what_it_shows(meta):
+    state = dict(np.load(fixture_path("volo_mini_img224.npz")))
+    state = {k[len("sd/"):]: v for k, v in state.items() if k.startswith("sd/")}
+    with pytest.raises(ConfigError, match=r"pos_embed grid \[14, 14\], head 10 classes\) matches no registered preset"):
+        preset_inference.choose_preset(state, {}, "volo_mini_img224.pth")
+    overrides = {k: v for k, v in official_overrides(meta).items() if k != "img_size"}
+    assert "volo_d1" in preset_inference.matching_presets(state, overrides)
+
+
+def test_another_class_count_resets_both_heads(case, meta):
+    """Fine-tuning on other classes: with skip_mismatched_head both the cls and the aux head start from the
+    model's own init (the official reset_classifier raises AttributeError and would never reset aux_head)."""
+    model = create_model("volo_d1", **{**official_overrides(meta), "num_classes": 5})
+    fresh = {k: v.numpy() for k, v in model.state_dict().items()}
+    report = load_weights(model, fixture_path(f"{case}.pth"), skip_mismatched_head=True)
+    assert "head.cls_head.weight" in report and "head.aux_head.weight" in report
+    state = model.state_dict()
+    for key in ("head.cls_head.weight", "head.cls_head.bias", "head.aux_head.weight", "head.aux_head.bias"):
+        np.testing.assert_array_equal(state[key].numpy(), fresh[key])
+    ref = dict(np.load(fixture_path(f"{case}.npz")))
+    np.testing.assert_array_equal(state["backbone.cls_token"].numpy(), ref["sd/cls_token"])

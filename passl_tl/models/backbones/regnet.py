@@ -57,6 +57,8 @@ def regnet_stages(w0: int, wa: float, wm: float, depth: int, group_w: int, bottl
 @paddle.no_grad()
 def kaiming_normal_fan_out_(weight: Tensor) -> None:
     """N(0, 2 / fan_out) with fan_out = out_channels · kh · kw (PyTorch's ``mode='fan_out'`` for ReLU)."""
+    if not weight._is_initialized():  # built under paddle.LazyGuard: nothing to fill
+        return
     std = math.sqrt(2.0 / (weight.shape[0] * math.prod(weight.shape[2:])))
     weight.set_value(paddle.normal(0.0, std, weight.shape).astype(weight.dtype))
 
