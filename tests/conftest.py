@@ -73,6 +73,25 @@ def capture(layer, pre: bool = False):
     return seen, handle
 
 
+def recorded_train_step(model, ref, first_stage) -> dict:
+    """One train-mode forward of the fixture's ``x`` with its recorded MixToken box (``train/bbox``), the loss
+    against ``train/target`` and one backward; the stem output (``backbone.patch_embed``) and ``first_stage``'s
+    input are captured on the way."""
+    from passl_tl.batch.pipeline import Batch
+
+    model.train()
+    box = tuple(int(v) for v in ref["train/bbox"])
+    stem, h1 = capture(model.backbone.patch_embed)
+    stage_in, h2 = capture(first_stage, pre=True)
+    outputs = model(paddle.to_tensor(ref["x"]), box)
+    h1.remove(), h2.remove()
+    loss = model.loss(outputs, Batch(paddle.to_tensor(ref["x"]), paddle.to_tensor(ref["train/target"])))
+    loss.backward()
+    return dict(model=model, box=box, outputs=outputs, loss=float(loss), stem=stem["value"],
+                tokens_in=stage_in["value"], grads={n: p.grad.numpy() for n, p in model.named_parameters()
+                                                     if p.grad is not None})
+
+
 def close(actual, expected, atol: float = 1e-5) -> None:
     np.testing.assert_allclose(actual, expected, rtol=0, atol=atol)
 

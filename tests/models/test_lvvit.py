@@ -11,7 +11,7 @@ from passl_tl.batch.pipeline import Batch
 from passl_tl.models import create_model, load_weights
 from passl_tl.models.heads import TokenLabelHead
 
-from tests.conftest import capture, close, fixture_path
+from tests.conftest import capture, close, fixture_path, recorded_train_step
 
 # Constructor table of the fixture README, as overrides of the LV-ViT-T preset.
 CASES = {
@@ -62,19 +62,8 @@ def test_eval_outputs(case, ref):
 
 @pytest.fixture(scope="module")
 def train_run(case, ref):
-    """One train-mode forward with the recorded MixToken box, the loss and one backward."""
     model = fresh_model(case)
-    model.train()
-    box = box_of(ref, "train")
-    stem, h1 = capture(model.backbone.patch_embed)
-    tokens_in, h2 = capture(model.backbone.blocks[0], pre=True)
-    outputs = model(paddle.to_tensor(ref["x"]), box)
-    h1.remove(), h2.remove()
-    loss = model.loss(outputs, Batch(paddle.to_tensor(ref["x"]), paddle.to_tensor(ref["train/target"])))
-    loss.backward()
-    return dict(model=model, box=box, outputs=outputs, loss=float(loss), stem=stem["value"],
-                tokens_in=tokens_in["value"], grads={n: p.grad.numpy() for n, p in model.named_parameters()
-                                                      if p.grad is not None})
+    return recorded_train_step(model, ref, model.backbone.blocks[0])
 
 
 def test_train_forward(ref, train_run):

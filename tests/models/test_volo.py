@@ -21,7 +21,7 @@ from passl_tl.models.weights import linear_weight_names
 from passl_tl.token_labels.mixtoken import sample_mix_box
 from passl_tl.utils.registry import ConfigError
 
-from tests.conftest import capture, close, fixture_path
+from tests.conftest import capture, close, fixture_path, recorded_train_step
 
 # Official switches whose job is done elsewhere here: the head (return_dense: TokenLabelHead) and the batch
 # pipeline (mix_token: the MixToken stage); return_mean (no cls token) is not offered.
@@ -107,20 +107,9 @@ def test_mixtoken_draws_the_official_boxes_on_the_token_grid(case, ref, meta):
 
 @pytest.fixture(scope="module")
 def train_run(case, ref, meta):
-    """One train-mode forward with the recorded MixToken box, the loss (``train/loss``: dense_weight 1) and one
-    backward."""
+    """The recorded train step, with ``train/loss``'s dense_weight 1."""
     model = fresh_model(case, meta, dense_weight=1.0)
-    model.train()
-    box = box_of(ref, "train")
-    stem, h1 = capture(model.backbone.patch_embed)
-    tokens_in, h2 = capture(model.backbone.network[0], pre=True)
-    outputs = model(paddle.to_tensor(ref["x"]), box)
-    h1.remove(), h2.remove()
-    loss = model.loss(outputs, Batch(paddle.to_tensor(ref["x"]), paddle.to_tensor(ref["train/target"])))
-    loss.backward()
-    return dict(model=model, box=box, outputs=outputs, loss=float(loss), stem=stem["value"],
-                tokens_in=tokens_in["value"], grads={n: p.grad.numpy() for n, p in model.named_parameters()
-                                                      if p.grad is not None})
+    return recorded_train_step(model, ref, model.backbone.network[0])
 
 
 def test_train_forward(ref, train_run):
