@@ -92,6 +92,17 @@ def recorded_train_step(model, ref, first_stage) -> dict:
                                                      if p.grad is not None})
 
 
+def assert_batchnorm_state(ref, model) -> None:
+    """The stem BatchNorms' tensors equal the fixture's ``sd_after_train/`` (official names), atol 1e-6."""
+    ours = {"running_mean": "_mean", "running_var": "_variance", "weight": "weight", "bias": "bias"}
+    state = model.state_dict()
+    keys = [k for k in ref if k.startswith("sd_after_train/") and not k.endswith("num_batches_tracked")]
+    assert len(keys) == 12
+    for key in keys:
+        layer, _, leaf = key[len("sd_after_train/"):].rpartition(".")
+        close(state[f"backbone.{layer}.{ours[leaf]}"].numpy(), ref[key], atol=1e-6)
+
+
 def close(actual, expected, atol: float = 1e-5) -> None:
     np.testing.assert_allclose(actual, expected, rtol=0, atol=atol)
 

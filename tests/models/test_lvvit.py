@@ -11,7 +11,7 @@ from passl_tl.batch.pipeline import Batch
 from passl_tl.models import create_model, load_weights
 from passl_tl.models.heads import TokenLabelHead
 
-from tests.conftest import capture, close, fixture_path, recorded_train_step
+from tests.conftest import assert_batchnorm_state, capture, close, fixture_path, recorded_train_step
 
 # Constructor table of the fixture README, as overrides of the LV-ViT-T preset.
 CASES = {
@@ -21,7 +21,6 @@ CASES = {
 # Official parameter name -> ours, for the gradients recorded in the fixtures.
 HEAD_PARAMS = {"head.weight": "head.cls_head.weight", "head.bias": "head.cls_head.bias",
                "aux_head.weight": "head.aux_head.weight", "aux_head.bias": "head.aux_head.bias"}
-BN_STATS = {"running_mean": "_mean", "running_var": "_variance", "weight": "weight", "bias": "bias"}
 
 
 @pytest.fixture(scope="module", params=list(CASES))
@@ -104,12 +103,7 @@ def test_gradients(ref, train_run):
 
 
 def test_batchnorm_state_after_train_forward(ref, train_run):
-    state = train_run["model"].state_dict()
-    keys = [k for k in ref if k.startswith("sd_after_train/") and not k.endswith("num_batches_tracked")]
-    assert len(keys) == 12
-    for key in keys:
-        layer, _, leaf = key[len("sd_after_train/"):].rpartition(".")
-        close(state[f"backbone.{layer}.{BN_STATS[leaf]}"].numpy(), ref[key], atol=1e-6)
+    assert_batchnorm_state(ref, train_run["model"])
 
 
 def test_train_empty_box(case, ref):

@@ -21,14 +21,13 @@ from passl_tl.models.weights import linear_weight_names
 from passl_tl.token_labels.mixtoken import sample_mix_box
 from passl_tl.utils.registry import ConfigError
 
-from tests.conftest import capture, close, fixture_path, recorded_train_step
+from tests.conftest import assert_batchnorm_state, capture, close, fixture_path, recorded_train_step
 
 # Official switches whose job is done elsewhere here: the head (return_dense: TokenLabelHead) and the batch
 # pipeline (mix_token: the MixToken stage); return_mean (no cls token) is not offered.
 OFFICIAL_ONLY = {"mix_token": True, "return_dense": True, "return_mean": False}
 HEAD_PARAMS = {"head.weight": "head.cls_head.weight", "head.bias": "head.cls_head.bias",
                "aux_head.weight": "head.aux_head.weight", "aux_head.bias": "head.aux_head.bias"}
-BN_STATS = {"running_mean": "_mean", "running_var": "_variance", "weight": "weight", "bias": "bias"}
 
 
 @pytest.fixture(scope="module", params=["volo_mini_img224", "volo_mini_img192"])
@@ -159,12 +158,7 @@ def test_gradients(ref, train_run):
 
 
 def test_batchnorm_state_after_train_forward(ref, train_run):
-    state = train_run["model"].state_dict()
-    keys = [k for k in ref if k.startswith("sd_after_train/") and not k.endswith("num_batches_tracked")]
-    assert len(keys) == 12
-    for key in keys:
-        layer, _, leaf = key[len("sd_after_train/"):].rpartition(".")
-        close(state[f"backbone.{layer}.{BN_STATS[leaf]}"].numpy(), ref[key], atol=1e-6)
+    assert_batchnorm_state(ref, train_run["model"])
 
 
 def test_train_empty_box(case, ref, meta):
