@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from passl_tl import build_model
 from passl_tl.benchmarks import data as benchmark_data
 
 from tests.conftest import DEMO_CONFIG, import_tool
@@ -180,3 +181,23 @@ def test_model_bad_settings():
         benchmark_model.ModelSettings(precision="int8")
     with pytest.raises(SystemExit):
         benchmark.main(["model", "--precision", "int8"])
+
+
+def test_model_benchmark_takes_volo():
+    """A VOLO preset, shrunk by -o: the trainer's step with token targets and MixToken on its token grid, and
+    the eval forward on a oneDNN predictor of its outlook attention (unfold, fold, pooling)."""
+    small = {"layers": [1, 1, 1, 1], "embed_dims": [32, 64, 64, 64], "num_heads": [1, 2, 2, 2], "stem_hidden_dim": 16}
+    results = benchmark.main(["model", "--quick", "--threads", "1", "--model", "volo_d1",
+                              "-o", *(f"model.{k}={v}" for k, v in small.items())])
+    settings, train = results["settings"], results["train"]
+    model = build_model({"name": "volo_d1", "img_size": settings["img_size"], "num_classes": settings["num_classes"],
+                         **small})
+    assert settings["model"] == "volo_d1" and train["parameters"] == sum(int(np.prod(p.shape))
+                                                                         for p in model.parameters())
+    assert train["batch_stages"] == {"target": "TokenLabelTargets", "mixtoken": "MixToken"}
+    assert np.isfinite(train["loss"])
+    rows, cols = model.grid_size
+    box = train["last_mix_box"]  # None: an empty draw
+    assert box is None or (0 <= box[0] < box[2] <= rows and 0 <= box[1] < box[3] <= cols)
+    assert results["eval"]["backend"] == "onednn"
+    assert all(results[phase]["images_per_s"]["median"] > 0 for phase in ("train", "eval"))

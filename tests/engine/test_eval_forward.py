@@ -20,6 +20,10 @@ FAMILIES = {
     "t2t_vit_7_d2": ("t2t_vit_7", dict(depth=2, num_classes=10)),
     "t2t_vit_t14_d1": ("t2t_vit_t_14", dict(depth=1, num_classes=10)),
     "regnety_002_c10": ("regnety_002", dict(num_classes=10)),
+    "volo_mini_img224": ("volo_d1", dict(layers=[1] * 4, embed_dims=[64, 128, 128, 128], num_heads=[2, 4, 4, 4],
+                                         num_classes=10)),
+    "volo_mini_img192": ("volo_d1", dict(layers=[1] * 4, embed_dims=[64, 128, 128, 128], num_heads=[2, 4, 4, 4],
+                                         img_size=192, num_classes=10)),
 }
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
-from paddle import Tensor
+from paddle import Tensor, _C_ops
 
 from ...token_labels.mixtoken import mix_map
 from ...utils.registry import BACKBONES, MODELS, ConfigError, PositiveFloat, PositiveInt, Rate
@@ -60,12 +60,21 @@ class OutlookAttention(nn.Layer):
         values = F.unfold(self.v(x).transpose([0, 3, 1, 2]), self.kernel_size, self.stride, self.padding)
         windows = values.shape[-1]  # [B, C·k², windows], channel-major as torch's Unfold
         values = values.reshape([B, heads, C // heads, window, windows]).transpose([0, 1, 4, 3, 2])
-        pooled = F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True, data_format="NHWC")
+        # pooled in NCHW: Paddle Inference's oneDNN pool2d reads an NHWC input as NCHW (wrong shapes on export)
+        pooled = F.avg_pool2d(x.transpose([0, 3, 1, 2]), self.stride, self.stride, ceil_mode=True)
+        pooled = pooled.transpose([0, 2, 3, 1])
         attn = self.attn(pooled).reshape([B, windows, heads, window, window]).transpose([0, 2, 1, 3, 4])
         attn = self.attn_drop(F.softmax(attn * self.scale, axis=-1))
         out = paddle.matmul(attn, values).transpose([0, 1, 4, 3, 2]).reshape([B, C * window, windows])
-        out = F.fold(out, [H, W], self.kernel_size, self.stride, self.padding)
+        out = fold(out, [H, W], self.kernel_size, self.stride, self.padding)
         return self.proj(out.transpose([0, 2, 3, 1]))
+
+
+def fold(x: Tensor, output_size: list[int], kernel: int, stride: int, padding: int) -> Tensor:
+    """``F.fold`` (square kernel, stride, padding) through its op: ``F.fold`` asserts every dimension of ``x`` is
+    known, which a program exported for any batch size (batch -1) fails; the op takes it, and is what ``F.fold``
+    runs in dygraph and PIR."""
+    return _C_ops.fold(x, output_size, [kernel] * 2, [stride] * 2, [padding] * 4, [1, 1])
 
 
 class Downsample(nn.Layer):
