@@ -254,3 +254,22 @@ def _official_names(model):
         prefix = next((p for p in heads if key.startswith(p + ".")), None)
         names[heads[prefix] + key[len(prefix):] if prefix else key[len("backbone."):]] = key
     return names
+
+
+@pytest.mark.parametrize("case", ["volo_mini_img224", "volo_mini_img192"])
+def test_volo_converts_to_the_official_logits(tmp_path, capsys, case):
+    """VOLO's reduced fixture: D1-D4 differ only in the overridden layers/widths, so --model picks one; img_size
+    comes from the [1, rows, cols, C] pos_embed and the converted weights give the official logits."""
+    ref = load_npz(f"{case}.npz")
+    src = fixture_path(f"{case}.pth")
+    shape = ["-o", "layers=[1,1,1,1]", "embed_dims=[64,128,128,128]", "num_heads=[2,4,4,4]"]
+    with pytest.raises(ConfigError, match=r"matches several presets \(volo_d1, volo_d2, volo_d3, volo_d4\)"):
+        convert(tmp_path, src, *shape)
+    dst = convert(tmp_path, src, "--model", "volo_d1", *shape)
+    size = ref["x"].shape[-1]
+    assert capsys.readouterr().out.splitlines()[1].startswith("model: volo_d1(")
+    model = create_model("volo_d1", layers=[1] * 4, embed_dims=[64, 128, 128, 128], num_heads=[2, 4, 4, 4],
+                         img_size=size, num_classes=10)
+    load_weights(model, dst)
+    model.eval()
+    np.testing.assert_allclose(model(paddle.to_tensor(ref["x"])).numpy(), ref["eval/out"], atol=1e-5)
