@@ -273,3 +273,22 @@ def test_another_class_count_resets_both_heads(case, meta):
         np.testing.assert_array_equal(state[key].numpy(), fresh[key])
     ref = dict(np.load(fixture_path(f"{case}.npz")))
     np.testing.assert_array_equal(state["backbone.cls_token"].numpy(), ref["sd/cls_token"])
+
+
+def test_stochastic_depth_schedule_is_the_official_one(meta):
+    """With drop_path_rate 0.1 the transformer blocks get the official linear rates over all blocks; the
+    outlookers none (official: their builder is not passed the rate) unless outlooker_drop_path; the
+    class-attention blocks never."""
+    official = meta["official_quirks"]["drop_path_rate_0.1"]
+    overrides = {**official_overrides(meta), "drop_path_rate": 0.1}
+    network = create_model("volo_d1", **overrides).backbone.network
+
+    def rates(stage):
+        return [block.drop_path.drop_prob for block in stage]
+
+    assert rates(network[0]) == [0.0] * len(official["outlooker"])
+    transformer = [rate for stage in network[2:] for rate in rates(stage)]
+    np.testing.assert_allclose(transformer, official["transformer"], rtol=1e-12)
+    assert rates(create_model("volo_d1", **overrides, outlooker_drop_path=True).backbone.network[0]) == [0.0]
+    deeper = create_model("volo_d1", **{**overrides, "layers": [2, 1, 1, 1]}, outlooker_drop_path=True)
+    np.testing.assert_allclose(rates(deeper.backbone.network[0]), [0.0, 0.025], rtol=1e-12)
