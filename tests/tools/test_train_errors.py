@@ -134,7 +134,7 @@ BAD_VALUES = [
     ("data.train.transforms.1.scale=[0.5, -1]", rf"data\.train\.transforms\.1\.scale = \[0\.5, -1\]{DEMO}a list of 2"),
     ("data.train.transforms.1.interpolation=nearest", rf"data\.train\.transforms\.1\.interpolation = 'nearest'{DEMO}"
                                                       rf"one of 'bilinear', 'bicubic', 'random'"),
-    ("data.val.transforms.0.crop_pct=0", rf"data\.val\.transforms\.0\.crop_pct = 0\.0{DEMO}{FINITE} in \(0, 1\]"),
+    ("data.val.transforms.0.crop_pct=0", rf"data\.val\.transforms\.0\.crop_pct = 0\.0{DEMO}{FINITE} in \(0, 2\]"),
     ("data.val.transforms.0.size=0", rf"data\.val\.transforms\.0\.size = 0{DEMO}an int >= 1 \(ResizeCropPct\)"),
     ("data.val.transforms.1.std=[0.2, 0.2]", rf"data\.val\.transforms\.1\.std = \[0\.2, 0\.2\]{DEMO}a list of 3"),
 ]
