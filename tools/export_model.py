@@ -20,7 +20,8 @@ from passl_tl.utils.cli import add_config_arguments, run_tool
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser, config_help="YAML config of the model and its data.val.transforms")
-    parser.add_argument("--load", required=True, help="weights: .pdparams or an official .pth/.pth.tar/.pt")
+    parser.add_argument("--load", required=True, help="weights: "
+                        ".pdparams or an official .pth/.pth.tar/.pt/.bin/.safetensors")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--class-names", help="class names to store: lines '<id or wnid> <name>' or '<name>' "
                                               "(default: ImageNet-1k names for 1000 classes, else none)")

@@ -32,7 +32,8 @@ from passl_tl.utils.logger import setup_logger
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser, config_help="YAML config: the teacher (model:) and its eval transforms")
-    parser.add_argument("--teacher-weights", required=True, help="teacher weights: .pdparams or official .pth")
+    parser.add_argument("--teacher-weights", required=True, help="teacher weights: "
+                        ".pdparams or an official .pth/.pth.tar/.pt/.bin/.safetensors")
     parser.add_argument("--data", required=True, help="image folder <DIR>/<wnid>/<image> to label")
     parser.add_argument("--out", required=True, help="label root: <OUT>/<wnid>/<stem>.npy")
     parser.add_argument("--img-size", type=int, help="teacher input size (default: the config's eval size)")

@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("images", help="an image file or a directory of images")
     add_config_arguments(parser, required=False,
                          config_help="YAML config (with --load): predict with the dygraph model")
-    parser.add_argument("--load", help="weights for -c: .pdparams or an official .pth/.pth.tar/.pt")
+    parser.add_argument("--load", help="weights for -c: .pdparams or an official .pth/.pth.tar/.pt/.bin/.safetensors")
     parser.add_argument("--inference-model", metavar="DIR", help="directory written by tools/export_model.py")
     parser.add_argument("--topk", type=int, default=5, help="classes to print per image (default 5)")
     parser.add_argument("--class-names", help="lines '<id or wnid> <name>' or '<name>', in class order")

@@ -32,7 +32,8 @@ from passl_tl.utils.threads import set_cpu_threads
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
-    parser.add_argument("--load", help="weights to start from: .pdparams or an official .pth/.pth.tar/.pt")
+    parser.add_argument("--load", help="weights to start from: "
+                        ".pdparams or an official .pth/.pth.tar/.pt/.bin/.safetensors")
     parser.add_argument("--use-ema", action="store_true",
                         help="with --load of an official checkpoint: take its state_dict_ema")
     parser.add_argument("--reset-head", action="store_true",
