@@ -132,6 +132,9 @@ class MixToken(BatchTransform):
         if getattr(backbone, "grid_size", None) is None:
             raise ConfigError(f"MixToken needs a backbone with a token grid; {type(backbone).__name__} has none "
                               f"(remove batch.mixtoken)")
+        problem = getattr(backbone, "mix_grid_problem", None)  # a grid that does not divide the map mixed
+        if problem:
+            raise ConfigError(f"MixToken: {problem}; or remove batch.mixtoken")
         if not getattr(head, "mixes_tokens", False):
             raise ConfigError(f"MixToken needs a head that un-mixes per-token outputs (TokenLabelHead); "
                               f"{type(head).__name__} has none (remove batch.mixtoken)")

@@ -13,7 +13,7 @@ import paddle
 import paddle.nn.functional as F
 
 from ..batch.pipeline import Batch, BatchTransform, Step
-from ..utils.registry import BATCH_TRANSFORMS, ConfigError, Rate
+from ..utils.registry import BATCH_TRANSFORMS, ConfigError, PositiveInt, Rate
 from .packing import GT_COLUMN, check_class_ids, check_width, crop_and_truth
 
 BoxOrder = Literal["correct", "official"]
@@ -169,27 +169,46 @@ class TokenLabelTargets(BatchTransform):
     """Packed ``[B, 3, k, H, W]`` labels -> ``[B, K, 2 + N]`` targets (``make_token_targets``) on the
     model's token grid, for its ``num_classes`` classes: both are read from the model when bound.
 
+    ``label_size``: the side of the target grid; by default the model's token grid (ViTs: image size / 16, a
+    token-labeled CNN: its last feature map), which is the only grid a per-token head can serve. ``1`` pools one
+    soft label per crop (``[B, K, 2]``, the official ``--token-label-size 1``, ReLabel's targets) for any
+    classifier, CNNs included; the class head alone learns from it.
     ``upsample_labels``: allow a token grid finer than the label maps' H x W (RoIAlign then samples
     the maps more finely than they were made, as the official 384/448 fine-tuning does with 18 x 18
     maps); the trainer refuses it otherwise. ``box_order``: see ``pool_crop``.
     """
 
-    def __init__(self, smoothing: Rate = 0.1, box_order: BoxOrder = "correct", upsample_labels: bool = False):
+    def __init__(self, smoothing: Rate = 0.1, box_order: BoxOrder = "correct", upsample_labels: bool = False,
+                 label_size: PositiveInt | None = None):
         check_box_order(box_order)
         self.smoothing = smoothing
         self.box_order = box_order
         self.upsample_labels = upsample_labels
+        self.requested_size = label_size
         self.num_classes: int | None = None
         self.label_size: int | None = None
 
     def bind(self, model: paddle.nn.Layer, amp_context: Callable | None) -> None:
+        self.num_classes, self.label_size = model.num_classes, self._label_size(model)
+
+    def _label_size(self, model: paddle.nn.Layer) -> int:
+        if self.requested_size == 1:
+            return 1
         grid = getattr(model, "grid_size", None)
+        name = type(model.backbone).__name__
         if not grid:
-            raise ConfigError(f"TokenLabelTargets needs a backbone with a token grid; "
-                              f"{type(model.backbone).__name__} has none (use SoftTargets)")
+            raise ConfigError(f"batch.target (TokenLabelTargets) needs a model with a token grid for per-token "
+                              f"targets; {name} has none (a CNN: set model.img_size), or set "
+                              f"batch.target.label_size: 1 for one pooled label per image (ReLabel)")
         if grid[0] != grid[1]:
-            raise ConfigError(f"TokenLabelTargets needs a square token grid, the model's is {grid[0]}x{grid[1]}")
-        self.num_classes, self.label_size = model.num_classes, int(grid[0])
+            raise ConfigError(f"batch.target (TokenLabelTargets) needs a square token grid, the model's is "
+                              f"{grid[0]}x{grid[1]} (model.img_size {getattr(model, 'img_size', None)})")
+        if self.requested_size not in (None, grid[0]):
+            raise ConfigError(f"batch.target.label_size {self.requested_size} cannot be served by {name}: its head "
+                              f"has one output per cell of its {grid[0]}x{grid[1]} token grid (model.img_size "
+                              f"{getattr(model, 'img_size', None)}); use label_size {grid[0]} (the default), or 1 "
+                              f"for one pooled label per image")
+        return int(grid[0])
 
     def __call__(self, batch: Batch, step: Step) -> Batch:
         return batch.replace(targets=make_token_targets(batch.targets, self.num_classes, self.label_size,

@@ -54,7 +54,7 @@ def test_eval_outputs_and_stages(ref):
         handle.remove()
     close(out, ref["eval/out"])
     close(seen["s4"], ref["eval/features"])
-    close(seen["pooled"], ref["eval/pooled"])
+    close(seen["pooled"][:, 0], ref["eval/pooled"])  # token 0: the pooled features, then the positions
     for name in ("s1", "s2", "s3"):
         close(seen[name], ref[f"eval/{name}"])
     with paddle.no_grad():
@@ -144,14 +144,21 @@ def test_official_init():
     assert not model.head.fc.bias.numpy().any()
 
 
-def test_mix_box_refused_and_train_forward():
+def test_mix_box_refused_without_a_grid_and_train_forward():
+    """Without img_size a RegNet takes any image size and has no token grid for MixToken; its tokens are the
+    pooled features, then every position of the last map."""
     model = create_model("regnety_002", num_classes=10)
     model.train()
     x = paddle.randn([2, 3, 64, 64])
     assert model(x).shape == [2, 10]
-    with pytest.raises(ConfigError, match="MixToken"):
+    with pytest.raises(ConfigError, match="MixToken boxes to its stem map, which needs model.img_size"):
         model(x, (0, 0, 1, 1))
-    assert model.grid_size is None and model.backbone.num_prefix_tokens == 0
+    assert model.grid_size is None and model.backbone.num_prefix_tokens == 1
+    tokens = model.backbone(x)
+    feature_map = model.backbone.feature_map(x).numpy()
+    np.testing.assert_allclose(tokens[:, 0].numpy(), feature_map.mean(axis=(2, 3)), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(tokens[:, 1:].numpy(), feature_map.reshape(2, feature_map.shape[1], -1)
+                                  .transpose(0, 2, 1))
 
 
 def test_overrides_and_bad_config():

@@ -9,7 +9,7 @@ checkpoints map one to one.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, NamedTuple, Sequence
+from typing import Annotated, Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import paddle
@@ -17,9 +17,11 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle import Tensor
 
+from ...token_labels.mixtoken import mix_map
 from ...utils.registry import BACKBONES, MODELS, ConfigError, NonNegativeFloat, PositiveFloat, PositiveInt, Range
 from ..classifier import Classifier, build_preset
 from ..layers import TorchBatchNorm2D, constant_, torch_default_conv_init_
+from .vit import ImageSize, image_size
 
 NUM_STAGES = 4  # each halves the resolution: output stride 2 (stem) * 2**4 = 32
 
@@ -119,24 +121,30 @@ class Bottleneck(nn.Layer):
 
 @BACKBONES.register
 class RegNet(nn.Layer):
-    """RegNet backbone: ``forward(x)`` → globally average-pooled features ``[B, embed_dim]``.
+    """RegNet backbone: ``forward(x, mix_box)`` → tokens ``[B, 1 + N, embed_dim]``: the globally average-pooled
+    features first (what a linear head classifies), then the N positions of the last stage's map row-major (what
+    a token-label head's per-position classifier sees).
 
-    ``forward_features`` (alias ``feature_map``) gives the last stage's map ``[B, embed_dim, H/32, W/32]``;
-    the stages are the sublayers ``s1`` ... ``s4`` (of blocks ``b1``, ``b2``, ...). A CNN has no token
-    grid, so MixToken boxes are refused.
+    ``forward_features`` (alias ``feature_map``) gives that map ``[B, embed_dim, H/32, W/32]``; the stages are
+    the sublayers ``s1`` ... ``s4`` (of blocks ``b1``, ``b2``, ...). A CNN takes any image size; given
+    ``img_size`` it also has a token grid (its last map: 7 x 7 at 224), so it can learn from token labels on
+    that grid, and MixToken boxes drawn there are applied, scaled up, to the stem's output.
     """
 
-    grid_size = None
-    num_prefix_tokens = 0
+    num_prefix_tokens = 1
 
     def __init__(self, w0: PositiveInt, wa: NonNegativeFloat, wm: Annotated[float, Range(1, low_open=True)],
                  depth: PositiveInt, group_w: PositiveInt, se_ratio: NonNegativeFloat = 0.0,
-                 stem_width: PositiveInt = 32, bottle_ratio: PositiveFloat = 1.0, in_chans: PositiveInt = 3):
+                 stem_width: PositiveInt = 32, bottle_ratio: PositiveFloat = 1.0, in_chans: PositiveInt = 3,
+                 img_size: ImageSize | None = None):
         super().__init__()
         stages = regnet_stages(w0, wa, wm, depth, group_w, bottle_ratio)
         if len(stages) != NUM_STAGES:
             raise ConfigError(f"RegNet config w0={w0}, wa={wa}, wm={wm}, depth={depth} gives {len(stages)} "
                               f"stages, expected {NUM_STAGES}")
+        self.img_size = None if img_size is None else image_size(img_size)
+        self.stem_size = None if img_size is None else tuple(halved(side) for side in self.img_size)
+        self.grid_size = None if img_size is None else tuple(halved(side, NUM_STAGES) for side in self.stem_size)
         self.stem = ConvBnAct(in_chans, stem_width, 3, stride=2)
         self.stage_names = [f"s{i + 1}" for i in range(len(stages))]
         in_chs = stem_width
@@ -154,53 +162,83 @@ class RegNet(nn.Layer):
             elif isinstance(layer, Bottleneck):
                 constant_(layer.conv3.bn.weight, 0.0)  # zero_init_last_bn: each block starts as identity
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:
         x = self.stem(x)
+        if mix_box is not None:
+            if self.mix_grid_problem:
+                raise ConfigError(self.mix_grid_problem)
+            x = mix_map(x, mix_box, self.mix_scale, row_axis=2)
         for name in self.stage_names:
             x = getattr(self, name)(x)
         return x
 
     feature_map = forward_features  # the map the classifier is applied to at every position
 
+    @property
+    def mix_scale(self) -> int | None:
+        """How many stem-map cells a token-grid cell spans: MixToken boxes (drawn on the token grid) are scaled
+        by it and applied to the stem's output. None without a grid, or one that does not divide the stem map."""
+        if self.grid_size is None or any(stem % grid for stem, grid in zip(self.stem_size, self.grid_size)):
+            return None
+        scales = {stem // grid for stem, grid in zip(self.stem_size, self.grid_size)}
+        return scales.pop() if len(scales) == 1 else None
+
+    @property
+    def mix_grid_problem(self) -> str | None:
+        """Why MixToken boxes cannot be applied (None: they can)."""
+        if self.mix_scale is not None:
+            return None
+        if self.grid_size is None:
+            return "RegNet applies MixToken boxes to its stem map, which needs model.img_size (a token grid)"
+        return (f"RegNet's {self.grid_size[0]}x{self.grid_size[1]} token grid does not divide its "
+                f"{self.stem_size[0]}x{self.stem_size[1]} stem map at model.img_size {self.img_size}: use an "
+                f"img_size that is a multiple of 32")
+
     def forward(self, x: Tensor, mix_box: Sequence[int] | None = None) -> Tensor:
-        if mix_box is not None:
-            raise ConfigError("RegNet is a CNN without a token grid: MixToken (mix_box) is not supported; "
-                              "remove batch.mixtoken")
-        return self.forward_features(x).mean(axis=[2, 3])
+        positions = self.forward_features(x, mix_box).flatten(2).transpose([0, 2, 1])
+        return paddle.concat([positions.mean(axis=1, keepdim=True), positions], axis=1)
+
+
+def halved(side: int, times: int = 1) -> int:
+    """A side after ``times`` stride-2 3x3 convolutions with padding 1."""
+    for _ in range(times):
+        side = (side - 1) // 2 + 1
+    return side
 
 
 # ----------------------------------------------------------------------------- presets (timm's RegNetY configs)
 
-def _regnety(cfg: dict, overrides: dict[str, Any], preset: str) -> Classifier:
-    head = {"name": "LinearHead", "num_classes": 1000, "official_name": "head.fc", "init_std": 0.01}
-    return build_preset({"name": "RegNet", "se_ratio": 0.25, **cfg}, head, overrides, preset)
+def _regnety(cfg: dict, head: Mapping[str, Any] | None, overrides: dict[str, Any], preset: str) -> Classifier:
+    """``head`` (a head config, e.g. ``{'name': 'TokenLabelHead'}`` with ``img_size`` set) replaces timm's."""
+    head = head or {"name": "LinearHead", "official_name": "head.fc", "init_std": 0.01}
+    return build_preset({"name": "RegNet", "se_ratio": 0.25, **cfg}, {"num_classes": 1000, **head}, overrides, preset)
 
 
 @MODELS.register
-def regnety_002(**overrides: Any) -> Classifier:
+def regnety_002(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
     """RegNetY-200MF (3.2M params)."""
-    return _regnety(dict(w0=24, wa=36.44, wm=2.49, group_w=8, depth=13), overrides, "regnety_002")
+    return _regnety(dict(w0=24, wa=36.44, wm=2.49, group_w=8, depth=13), head, overrides, "regnety_002")
 
 
 @MODELS.register
-def regnety_004(**overrides: Any) -> Classifier:
+def regnety_004(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
     """RegNetY-400MF (4.3M params)."""
-    return _regnety(dict(w0=48, wa=27.89, wm=2.09, group_w=8, depth=16), overrides, "regnety_004")
+    return _regnety(dict(w0=48, wa=27.89, wm=2.09, group_w=8, depth=16), head, overrides, "regnety_004")
 
 
 @MODELS.register
-def regnety_016(**overrides: Any) -> Classifier:
+def regnety_016(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
     """RegNetY-1.6GF (11.2M params)."""
-    return _regnety(dict(w0=48, wa=20.71, wm=2.65, group_w=24, depth=27), overrides, "regnety_016")
+    return _regnety(dict(w0=48, wa=20.71, wm=2.65, group_w=24, depth=27), head, overrides, "regnety_016")
 
 
 @MODELS.register
-def regnety_032(**overrides: Any) -> Classifier:
+def regnety_032(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
     """RegNetY-3.2GF (19.4M params)."""
-    return _regnety(dict(w0=80, wa=42.63, wm=2.66, group_w=24, depth=21), overrides, "regnety_032")
+    return _regnety(dict(w0=80, wa=42.63, wm=2.66, group_w=24, depth=21), head, overrides, "regnety_032")
 
 
 @MODELS.register
-def regnety_160(**overrides: Any) -> Classifier:
+def regnety_160(head: Mapping[str, Any] | None = None, **overrides: Any) -> Classifier:
     """RegNetY-16GF (83.6M params), DeiT's distillation teacher."""
-    return _regnety(dict(w0=200, wa=106.23, wm=2.48, group_w=112, depth=18), overrides, "regnety_160")
+    return _regnety(dict(w0=200, wa=106.23, wm=2.48, group_w=112, depth=18), head, overrides, "regnety_160")

@@ -47,7 +47,12 @@ class LinearHead(nn.Layer):
         return per_position(self.fc, feature_map)
 
     def loss(self, outputs: Tensor, target: Tensor) -> Tensor:
+        """Soft-target cross entropy against ``[B, K]`` soft labels, or against the pooled crop label of
+        ``[B, K, 2]`` one-per-image token labels (column 1; column 0, the ground truth, unused), as the official
+        ``TokenLabelSoftTargetCrossEntropy`` of ``--token-label-size 1``."""
+        if target.ndim == 3 and tuple(target.shape) == (*outputs.shape, 2):
+            target = target[:, :, 1]
         if target.ndim != 2 or tuple(target.shape) != tuple(outputs.shape):
-            raise ValueError(f"LinearHead needs soft targets {list(outputs.shape)} (configure batch.target), "
-                             f"got {list(target.shape)}")
+            raise ValueError(f"LinearHead needs soft targets {list(outputs.shape)} or one-per-image token labels "
+                             f"{[*outputs.shape, 2]} (configure batch.target), got {list(target.shape)}")
         return soft_cross_entropy(outputs, target)

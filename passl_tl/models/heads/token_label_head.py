@@ -59,24 +59,24 @@ class TokenLabelHead(nn.Layer):
         """Soft-target cross entropy of the cls logits and of every token's logits.
 
         ``target``: ``[B, K, 2 + N]`` token labels (column 0 ground truth, 1 cls target, 2.. the
-        tokens row-major) or ``[B, K]`` soft labels (then used for every token too). The cls target
+        tokens row-major), ``[B, K, 2]`` one pooled label per image (no token targets: the class head
+        alone learns) or ``[B, K]`` soft labels (then used for every token too). The cls target
         is mixed like the MixToken box (λ = 1 − box area / N); the token targets never are.
         """
         x_cls, x_aux = outputs["cls"], outputs["aux"]
         B, N, K = x_aux.shape
         if target.ndim == 2 and tuple(target.shape) == (B, K):
             cls_target, dense_target = target, target.unsqueeze(1)
-        elif target.ndim == 3 and tuple(target.shape) == (B, K, 2 + N):
+        elif target.ndim == 3 and tuple(target.shape) in ((B, K, 2 + N), (B, K, 2)):
             cls_target = target[:, :, 1]
             if self.ground_truth:
                 cls_target = _trust_ground_truth(target[:, :, 0], cls_target)
-            dense_target = target[:, :, 2:].transpose([0, 2, 1])
+            dense_target = target[:, :, 2:].transpose([0, 2, 1]) if target.shape[2] > 2 else None
         else:
-            raise ValueError(f"target must be [B, K] = [{B}, {K}] or [B, K, 2 + N] = [{B}, {K}, {2 + N}], "
+            raise ValueError(f"target must be [B, K] = [{B}, {K}], [B, K, 2] or [B, K, 2 + N] = [{B}, {K}, {2 + N}], "
                              f"got {list(target.shape)}")
-        loss_cls = soft_cross_entropy(x_cls, mix_class_target(cls_target, outputs["mix_box"], N))
-        loss_dense = soft_cross_entropy(x_aux, dense_target)
-        return self.cls_weight * loss_cls + self.dense_weight * loss_dense
+        loss = self.cls_weight * soft_cross_entropy(x_cls, mix_class_target(cls_target, outputs["mix_box"], N))
+        return loss if dense_target is None else loss + self.dense_weight * soft_cross_entropy(x_aux, dense_target)
 
 
 def _trust_ground_truth(ground_truth: Tensor, cls_target: Tensor) -> Tensor:
