@@ -3,10 +3,11 @@
     python tools/convert_labels.py --src label_top5_train_nfnet --dst data/label_top5_train_nfnet --workers 16
 
 Reads <src>/<wnid>/<stem>.pt (or .pth), each a torch.save'd [2, k, H, W] tensor (top-k logits,
-class ids), and writes <dst>/<wnid>/<stem>.npy as float16, each file atomically. Every label
-must have one shape: --shape, else that of the first readable source file. Rerunning resumes:
-outputs that already hold a float16 label of that shape are skipped. Failures are listed on
-stderr and in <dst>/convert_failures.txt; the exit code is 1 when any file failed.
+class ids), and writes <dst>/<wnid>/<stem>.npy as float16 (float32 when float16 would round the
+class ids of a float32 source: ids above 2048), each file atomically. Every label must have one
+shape: --shape, else that of the first readable source file. Rerunning resumes: outputs that
+already hold a label of that shape are skipped. Failures are listed on stderr and in
+<dst>/convert_failures.txt; the exit code is 1 when any file failed.
 """
 from __future__ import annotations
 

@@ -7,8 +7,10 @@
 The teacher is the config's ``model:`` (any registered model; replace it with e.g.
 ``-o "model={name: regnety_160}"``), loaded from ``--teacher-weights`` (.pdparams or an official
 .pth). Its classifier is applied at every position of its last feature map and the top-k logits
-and class ids per position are saved as ``<out>/<wnid>/<stem>.npy`` (float16 [2, k, H, W]) for
-every image of ``--data`` (``<DIR>/<wnid>/<image>``). Images are resized by ``--crop-pct`` and
+and class ids per position are saved as ``<out>/<wnid>/<stem>.npy`` (float16 [2, k, H, W]; float32
+for a teacher of more than 2049 classes, whose ids float16 would round) for every image of
+``--data`` (``<DIR>/<wnid>/<image>``); images of one folder that share a stem (``a.b.JPEG``,
+``a.b.png``) get ``<wnid>/<file name>.npy`` each. Images are resized by ``--crop-pct`` and
 centre-cropped to ``--img-size`` with the config's eval interpolation and normalisation. Runs
 resume: images with a valid label file are skipped. The teacher's top-1 (logits averaged over
 positions) is printed unless ``--transfer`` says the folder's classes are not the teacher's.

@@ -4,11 +4,12 @@
         --out data/label_top5_train_nfnet_packed
 
 Checks first that every image under --images (<wnid>/<image>) has exactly one label
-(<labels>/<wnid>/<stem>.npy), that every label belongs to an image, and that all labels are
-readable and share one shape and dtype (the most common ones). Problems are listed on stderr
-and nothing is written (exit code 1) unless --allow-missing, which packs the good labels
-only. The pack is built in a temporary directory renamed to --out at the end. Train with it:
-data.train.label_root: <out> and data.train.label_format: packed.
+(<labels>/<wnid>/<stem>.npy, or <wnid>/<file name>.npy for images of one folder sharing a stem),
+that every label belongs to an image, and that all labels are readable and share one shape (the
+most common one). Problems are listed on stderr and nothing is written (exit code 1) unless
+--allow-missing, which packs the good labels only. The pack is float16, or float32 when any
+label is (class ids above 2048). It is built in a temporary directory renamed to --out at the
+end. Train with it: data.train.label_root: <out> and data.train.label_format: packed.
 """
 from __future__ import annotations
 

@@ -57,9 +57,10 @@ def build_transforms(specs: Sequence[Mapping[str, Any] | Callable], where: str) 
 class ImageNetTokenLabel:
     """Images of one split, with token labels when ``label_root`` is set.
 
-    ``label_format`` ``files``: one ``<label_root>/<wnid>/<stem>.npy`` per image; ``packed``:
-    ``label_root`` is a pack written by ``tools/pack_labels.py`` (memory-mapped shards). Both
-    give the same samples for the same labels.
+    ``label_format`` ``files``: one ``<label_root>/<wnid>/<stem>.npy`` per image
+    (``<wnid>/<file name>.npy`` for images sharing a stem: ``token_labels.files.label_keys``);
+    ``packed``: ``label_root`` is a pack written by ``tools/pack_labels.py`` (memory-mapped
+    shards). Both give the same samples for the same labels.
 
     ``__getitem__`` returns ``(image float32 [3, S, S], packed label float32 [3, k, H, W])``
     with labels (see ``token_labels.packing.pack_label_sample``), else ``(image, int64 class)``.

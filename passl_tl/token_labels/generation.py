@@ -2,13 +2,13 @@
 
 The teacher's classifier is applied at every position of its last feature map
 (``Classifier.dense_logits``); the top-k logits and class ids per position are saved as one
-float16 ``[2, k, H, W]`` file per image, ``<out>/<wnid>/<stem>.npy``, the layout
-``ImageNetTokenLabel`` reads. Files are written atomically, so a run can be interrupted and
-resumed: images whose file is already valid are skipped.
+``[2, k, H, W]`` file per image, ``<out>/<key>.npy`` (``files.label_keys``: ``<wnid>/<stem>``),
+the layout ``ImageNetTokenLabel`` reads: float16, or float32 for a teacher of more than 2049
+classes, whose ids float16 would round (``files.label_dtype``). Files are written atomically, so
+a run can be interrupted and resumed: images whose file is already valid are skipped.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
@@ -21,11 +21,8 @@ from ..utils.config import Config
 from ..utils.dist import all_reduce_sum, rank, world_size
 from ..utils.logger import get_logger
 from ..utils.registry import ConfigError
-from .files import NPY_SUFFIX, is_complete_label, label_key, save_npy_atomic
+from .files import is_complete_label, label_dtype, label_paths, save_npy_atomic
 from .packing import MIN_LABEL_WIDTH
-
-LABEL_DTYPE = np.float16
-MAX_EXACT_CLASS_ID = 2048  # float16 holds every integer up to 2048 exactly
 
 
 class LabelingResult(NamedTuple):
@@ -49,16 +46,11 @@ def eval_transform_specs(cfg: Config, img_size: int | None, crop_pct: float) -> 
     return specs
 
 
-def label_file(out_root: str, image_path: str) -> str:
-    """``<out_root>/<image's directory name>/<image stem>.npy``."""
-    return os.path.join(out_root, label_key(image_path) + NPY_SUFFIX)
-
-
-def top_k_maps(dense: Tensor, k: int) -> np.ndarray:
-    """``[B, K, H, W]`` logits -> ``[B, 2, k, H, W]`` float16: per position the k largest logits
+def top_k_maps(dense: Tensor, k: int, dtype: np.dtype) -> np.ndarray:
+    """``[B, K, H, W]`` logits -> ``[B, 2, k, H, W]`` of ``dtype``: per position the k largest logits
     (descending) and their class ids."""
     values, ids = paddle.topk(dense, k, axis=1)
-    return np.stack([values.numpy(), ids.numpy()], axis=1).astype(LABEL_DTYPE)
+    return np.stack([values.numpy(), ids.numpy()], axis=1).astype(dtype)
 
 
 class _Indexed(paddle.io.Dataset):
@@ -76,8 +68,9 @@ class _Indexed(paddle.io.Dataset):
         return image, target, np.int64(self.indices[i])
 
 
-def label_shape(model: paddle.nn.Layer, image: np.ndarray, k: int) -> tuple[int, int, int, int]:
-    """The ``[2, k, H, W]`` label shape ``model`` gives for images like ``image`` ([3, S, S])."""
+def label_layout(model: paddle.nn.Layer, image: np.ndarray, k: int) -> tuple[tuple[int, ...], np.dtype]:
+    """The ``[2, k, H, W]`` label shape ``model`` gives for images like ``image`` ([3, S, S]) and
+    the dtype that holds its class ids exactly."""
     try:
         _, num_classes, height, width = model.dense_logits(paddle.to_tensor(image[None])).shape
     except ValueError as e:
@@ -85,10 +78,7 @@ def label_shape(model: paddle.nn.Layer, image: np.ndarray, k: int) -> tuple[int,
                           f"for that size (e.g. -o model.img_size={image.shape[1]}) or pick --img-size") from e
     if not 1 <= k <= num_classes:
         raise ConfigError(f"--topk must be in [1, {num_classes}] for a teacher of {num_classes} classes, got {k}")
-    if num_classes > MAX_EXACT_CLASS_ID + 1:
-        raise ConfigError(f"float16 label files hold class ids up to {MAX_EXACT_CLASS_ID} exactly; the teacher "
-                          f"has {num_classes} classes")
-    return 2, k, height, width
+    return (2, k, height, width), label_dtype(num_classes)
 
 
 @paddle.no_grad()
@@ -100,10 +90,12 @@ def generate_token_labels(model: paddle.nn.Layer, dataset: Any, out_root: str, k
     Each process takes ``indices[rank::world]`` and skips the images whose file is already valid.
     """
     model.eval()
-    shape = label_shape(model, dataset[0][0], k)
+    shape, dtype = label_layout(model, dataset[0][0], k)
+    paths = label_paths(out_root, [path for path, _ in dataset.samples])
     mine = range(rank(), len(dataset), world_size())
-    pending = [i for i in mine if not is_complete_label(label_file(out_root, dataset.samples[i][0]), shape)]
-    get_logger().info(f"label maps {list(shape)}: {len(pending)} of this process's {len(mine)} images to label")
+    pending = [i for i in mine if not is_complete_label(paths[i], shape, dtype)]
+    get_logger().info(f"label maps {list(shape)} {dtype}: {len(pending)} of this process's {len(mine)} images "
+                      f"to label")
     if shape[3] < MIN_LABEL_WIDTH:
         get_logger().warning(f"label maps {shape[2]}x{shape[3]} are too narrow for training (ImageNetTokenLabel "
                              f"needs width >= {MIN_LABEL_WIDTH}): label at a larger --img-size")
@@ -112,8 +104,8 @@ def generate_token_labels(model: paddle.nn.Layer, dataset: Any, out_root: str, k
     correct = 0
     for step, (images, targets, indices) in enumerate(batches(loader), 1):
         dense = model.dense_logits(images)
-        for index, label in zip(indices.numpy().tolist(), top_k_maps(dense, k)):
-            save_npy_atomic(label, label_file(out_root, dataset.samples[index][0]))
+        for index, label in zip(indices.numpy().tolist(), top_k_maps(dense, k, dtype)):
+            save_npy_atomic(label, paths[index])
         correct += int((dense.mean(axis=[2, 3]).argmax(axis=1) == targets).astype("int64").sum())
         if step % log_interval == 0 or step == len(loader):
             get_logger().info(f"labelled {min(step * batch_size, len(pending))}/{len(pending)} images")

@@ -6,8 +6,8 @@ arrays, read through memory mapping) and ``index.json``::
     {"format": "passl_tl token-label pack", "version": 1, "shape": [2, k, H, W], "dtype": "float16",
      "shards": [{"file": "labels_00000.npy", "keys": ["<dir>/<stem>", ...]}, ...]}
 
-where row ``r`` of a shard is the label of the image whose key (``files.label_key``) is
-``keys[r]``.
+where row ``r`` of a shard is the label of the image whose key (``files.label_keys``) is
+``keys[r]``. The dtype is float32 when any packed label file is (class ids above 2048), else float16.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..utils.atomic import write_directory_atomic
-from .files import NPY_SUFFIX, BadLabelError, find_label_files, label_key, read_label_file
+from .files import LABEL_DTYPES, NPY_SUFFIX, BadLabelError, find_label_files, label_keys, read_label_file
 
 INDEX_NAME = "index.json"
 SHARD_NAME = "labels_{:05d}.npy"
@@ -79,7 +79,10 @@ def read_pack_index(root: str) -> PackIndex:
             meta = json.load(f)
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
             raise ValueError(f"not a '{FORMAT}' version {VERSION}")
-        return PackIndex(root, tuple(int(s) for s in meta["shape"]), np.dtype(meta["dtype"]),
+        dtype = np.dtype(meta["dtype"])
+        if dtype not in LABEL_DTYPES:
+            raise ValueError(f"dtype {dtype} is not a label dtype (float16, float32)")
+        return PackIndex(root, tuple(int(s) for s in meta["shape"]), dtype,
                          [(s["file"], list(s["keys"])) for s in meta["shards"]])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path} is not a valid token-label pack index: {e}") from e
@@ -104,11 +107,12 @@ class PackPlan:
 def plan_pack(images: Sequence[str], label_root: str, step: Callable[[], object] = lambda: None) -> PackPlan:
     """Pair each image with its label file under ``label_root`` and check every file (header only).
 
-    Labels must share one shape and dtype: the most common ones; the others are invalid.
+    Labels must share one shape, the most common one; the others are invalid. They are packed as
+    float32 when any of them is (float16 ones are widened exactly), else as float16.
     ``step`` is called after each image.
     """
     files = find_label_files(label_root, (NPY_SUFFIX,))
-    keys = [label_key(image) for image in images]
+    keys = label_keys(images)
     used = set(keys)
     invalid = []
     headers: dict[str, tuple[tuple[int, ...], np.dtype] | None] = {}
@@ -124,17 +128,17 @@ def plan_pack(images: Sequence[str], label_root: str, step: Callable[[], object]
     valid = {key: header for key, header in headers.items() if header is not None}
     if not valid:
         raise FileNotFoundError(f"none of the {len(used)} images has a valid label file under {label_root}")
-    common = collections.Counter(valid.values()).most_common(1)[0][0]
-    labels = []
-    for key, header in valid.items():
-        if header == common:
+    common = collections.Counter(shape for shape, _ in valid.values()).most_common(1)[0][0]
+    labels, dtypes = [], set()
+    for key, (shape, dtype) in valid.items():
+        if shape == common:
             labels.append((key, files[key]))
+            dtypes.add(dtype)
         else:
-            invalid.append(f"token-label file {files[key]} has shape {list(header[0])} dtype {header[1]}; "
-                           f"most labels have {list(common[0])} {common[1]}")
+            invalid.append(f"token-label file {files[key]} has shape {list(shape)}; most labels have {list(common)}")
     missing = [image for image, key in zip(images, keys) if key not in files]
     extra = [path for key, path in files.items() if key not in used]
-    return PackPlan(labels, common[0], common[1], missing, extra, invalid)
+    return PackPlan(labels, common, np.result_type(*dtypes), missing, extra, invalid)
 
 
 def write_pack(out_dir: str, plan: PackPlan, shard_size: int,

@@ -14,19 +14,31 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .files import NPY_SUFFIX, BadLabelError, label_key, read_label_file
+from .files import NPY_SUFFIX, BadLabelError, label_key, read_label_file, shared_stems
 from .pack import INDEX_NAME, open_shard, read_pack_index
 
 SHAPE_VOTERS = 5  # label files read to find the common label shape
 
 
-class FileLabels:
-    """Labels stored as ``<root>/<dir>/<stem>.npy``; each directory is listed once to find missing files."""
+class _LabelSource:
+    """A label source's ``root`` and ``images``; an image's label key (``files.label_keys``) is computed
+    when asked (a list of keys would add a string per image to every loader worker)."""
+
+    def __init__(self, root: str, images: Sequence[str]):
+        self.root, self.images = root, images
+        self._full_names = shared_stems(images)  # usually empty
+
+    def key(self, index: int) -> str:
+        return label_key(self.images[index], index in self._full_names)
+
+
+class FileLabels(_LabelSource):
+    """Labels stored as ``<root>/<key>.npy``; each directory is listed once to find missing files."""
 
     def __init__(self, root: str, images: Sequence[str]):
         if not os.path.isdir(root):
             raise FileNotFoundError(f"label_root {root} does not exist")
-        self.root, self.images = root, images
+        super().__init__(root, images)
         listed: dict[str, set[str]] = {}
         missing = []
         for index in range(len(images)):
@@ -55,32 +67,32 @@ class FileLabels:
         return shapes.most_common(1)[0][0]
 
     def where(self, index: int) -> str:
-        return os.path.join(self.root, label_key(self.images[index]) + NPY_SUFFIX)
+        return os.path.join(self.root, self.key(index) + NPY_SUFFIX)
 
     def read(self, index: int) -> np.ndarray:
         return read_label_file(self.where(index), self.shape)
 
 
-class PackedLabels:
+class PackedLabels(_LabelSource):
     """Labels of a pack (``pack``); shards are memory-mapped on first use in the reading process
     (a DataLoader worker maps its own) and left out when the object is pickled."""
 
     def __init__(self, root: str, images: Sequence[str]):
-        self.root, self.images = root, images
         index = read_pack_index(root)
+        super().__init__(root, images)
         self.shape, self.dtype, self.shard_files = index.shape, index.dtype, index.shard_files()
         where = index.locations()
-        found = [where.get(label_key(image), (-1, -1)) for image in images]
+        found = [where.get(self.key(i), (-1, -1)) for i in range(len(images))]
         self._shard_of = np.array([shard for shard, _ in found], dtype=np.int32)
         self._row_of = np.array([row for _, row in found], dtype=np.int64)
         self.missing = frozenset(np.flatnonzero(self._shard_of < 0).tolist())
         if len(self.missing) == len(images):
             raise FileNotFoundError(f"none of the {len(images)} images has a token label in the pack {root} "
-                                    f"(keys like {label_key(images[0])!r})")
+                                    f"(keys like {self.key(0)!r})")
         self._shards: dict[int, np.ndarray] = {}
 
     def where(self, index: int) -> str:
-        return f"{label_key(self.images[index])} in {os.path.join(self.root, INDEX_NAME)}"
+        return f"{self.key(index)} in {os.path.join(self.root, INDEX_NAME)}"
 
     def read(self, index: int) -> np.ndarray:
         shard = int(self._shard_of[index])

@@ -221,8 +221,7 @@ def test_pack_reports_invalid_labels(demo, tmp_path, capsys):
     assert pack(demo, tmp_path / "pack", str(labels)) == 1
     err = capsys.readouterr().err
     assert f"invalid label: cannot read token-label file {broken}" in err
-    assert (f"invalid label: token-label file {small} has shape [2, 5, 9, 9] dtype float16; most labels have "
-            f"[2, 5, 18, 18] float16") in err
+    assert f"invalid label: token-label file {small} has shape [2, 5, 9, 9]; most labels have [2, 5, 18, 18]" in err
     assert not (tmp_path / "pack").exists()
 
 
@@ -241,15 +240,25 @@ def test_pack_errors_name_the_file(demo, tmp_path):
     packed[0]  # shard 0 is fine
     with pytest.raises(ValueError, match=f"cannot read token-label shard {shard}"):
         packed[7]
+    index = (out / INDEX_NAME).read_text()
+    (out / INDEX_NAME).write_text(index.replace('"dtype": "float16"', '"dtype": "int8"'))
+    with pytest.raises(ValueError, match=f"{out / INDEX_NAME} is not a valid token-label pack index: dtype int8 "
+                                         f"is not a label dtype"):
+        dataset(demo, out, "packed")
     (out / INDEX_NAME).write_text("{not json")
     with pytest.raises(ValueError, match=f"{out / INDEX_NAME} is not a valid token-label pack index"):
         dataset(demo, out, "packed")
 
 
-def test_class_ids_beyond_float16_fail(tmp_path, capsys):
-    label = official_label(0, dtype=np.float32)
-    label[1, 0, 0, 0] = 2049  # the nearest float16 values are 2048 and 2050
+def test_class_ids_beyond_float16_stay_float32(tmp_path):
+    """A float32 source with ids float16 would round is written float32; the others float16, as always."""
+    wide = official_label(0, dtype=np.float32)
+    wide[1, 0, 0, 0] = 2049  # the nearest float16 values are 2048 and 2050
     (tmp_path / "src" / "n01").mkdir(parents=True)
-    write_torch_zip(tmp_path / "src" / "n01" / "a.pt", label)
-    assert convert(str(tmp_path / "src"), tmp_path / "dst", "--workers", "1") == 1
-    assert "n01/a.pt: its class ids are not exact in float16" in capsys.readouterr().err
+    write_torch_zip(tmp_path / "src" / "n01" / "wide.pt", wide)
+    write_torch_zip(tmp_path / "src" / "n01" / "narrow.pt", official_label(1, dtype=np.float32))
+    assert convert(str(tmp_path / "src"), tmp_path / "dst", "--workers", "1") == 0
+    written = np.load(tmp_path / "dst" / "n01" / "wide.npy")
+    assert written.dtype == np.float32 and written[1, 0, 0, 0] == 2049
+    np.testing.assert_array_equal(written, wide)
+    assert np.load(tmp_path / "dst" / "n01" / "narrow.npy").dtype == np.float16
