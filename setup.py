@@ -1,6 +1,8 @@
 """passl_tl: token labeling (LV-ViT) and friends for PaddlePaddle."""
 from setuptools import find_packages, setup
 
+ONNX = ["paddle2onnx>=2.0", "onnxruntime>=1.16"]  # ONNX export (tools/export_model.py --onnx) and ONNX Runtime
+
 setup(
     name="passl_tl",
     version="0.1.0",
@@ -14,6 +16,9 @@ setup(
     extras_require={
         # GPU users install paddlepaddle-gpu themselves (see README) and skip this extra.
         "cpu": ["paddlepaddle>=3.0"],
-        "test": ["pytest>=7"],
+        "onnx": ONNX,
+        # What the tests need besides the package: scipy is a label-warp test's reference, and with the ONNX
+        # packages the ONNX export tests run instead of skipping.
+        "test": ["pytest>=7", "scipy", *ONNX],
     },
 )

@@ -16,8 +16,9 @@ import argparse
 from typing import Any, Mapping
 
 import numpy as np
-import paddle.nn as nn
 
+import passl_tl  # noqa: F401  (before Paddle: names a missing install in one line, quiets its import)
+import paddle.nn as nn
 from passl_tl.engine.checkpoint import save_atomic
 from passl_tl.models import create_model
 from passl_tl.models.preset_inference import choose_preset, preset_arguments
@@ -27,6 +28,7 @@ from passl_tl.utils.cli import run_tool
 from passl_tl.utils.config import parse_override
 from passl_tl.utils.logger import get_logger
 from passl_tl.utils.registry import ConfigError
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -11,22 +11,25 @@ import contextlib
 import os
 import sys
 
+import passl_tl  # noqa: F401  (before Paddle: names a missing install in one line, quiets its import)
 import paddle
 
 from passl_tl import build_model, load_weights
 from passl_tl.engine import Trainer, evaluate, seed_everything
-from passl_tl.engine.checkpoint import check_writable
 from passl_tl.engine.data import build_dataset, build_loader, check_data_matches_model
 from passl_tl.engine.eval_forward import resolve_eval_backend
-from passl_tl.engine.run_config import load_run_config
-from passl_tl.engine.run_lock import OutputDirLock
-from passl_tl.engine.trainer import amp_context_from
+from passl_tl.engine.run_config import choose_device, load_run_config
+from passl_tl.engine.run_lock import RECORD, OutputDirLock, check_new_run, finished_checkpoint
+from passl_tl.engine.trainer import amp_context_from, build_lr_scheduler
 from passl_tl.utils.cli import add_config_arguments, run_tool
 from passl_tl.utils.config import ConfigError, dump_config
-from passl_tl.utils.dist import init_distributed, is_main
+from passl_tl.utils.dist import broadcast_text, end_without_report, init_distributed, is_main
+from passl_tl.utils.errors import Preempted
 from passl_tl.utils.logger import setup_logger
 from passl_tl.utils.run_info import write_run_info
 from passl_tl.utils.threads import set_cpu_threads
+
+FINISHED_KEY = "passl_tl/output_dir/finished"  # rank 0 sends what it found (utils.dist.broadcast_text)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(fine-tuning on a dataset with other classes)")
     parser.add_argument("--resume", metavar="CKPT|auto",
                         help="training checkpoint (.pdckpt) to continue from; 'auto': the newest usable one in "
-                             "output_dir (corrupt ones skipped), or from scratch if there is none")
+                             "output_dir (corrupt ones skipped), or from scratch if there is none. Needed to write "
+                             "into an output_dir that holds a run; a finished run is left as it is")
     parser.add_argument("--evaluate-only", action="store_true", help="only evaluate on the validation set")
     parser.add_argument("--seed", type=int, help="overrides the config's seed")
     return parser.parse_args(argv)
@@ -72,19 +76,30 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_run_config(args.config, [*args.override, *seed])
     Trainer.check_config(cfg, args.evaluate_only)
     amp_context = amp_context_from(cfg["amp"])  # validates the amp section before any heavy work
-    paddle.set_device(cfg["device"])
+    paddle.set_device(choose_device(cfg))
     resolve_eval_backend(cfg["eval_backend"], amp_context is not None)
     set_cpu_threads(cfg["threads"])
     init_distributed()
+    logger = setup_logger(None)
     if args.evaluate_only:
-        return evaluate_only(cfg, build_weights(cfg, args, setup_logger(None)))
-    check_writable(cfg["output_dir"])
-    with OutputDirLock(cfg["output_dir"]) if is_main() else contextlib.nullcontext() as lock:
-        logger = setup_logger(cfg["output_dir"])  # log.txt is written only under the lock
+        return evaluate_only(cfg, build_weights(cfg, args, logger))
+    output_dir = cfg["output_dir"]
+    if args.resume:  # rank 0 looks, every process follows
+        epochs = build_lr_scheduler(cfg).total_epochs
+        finished = finished_checkpoint(output_dir, args.resume, epochs) if is_main() else None
+        if broadcast_text(FINISHED_KEY, finished or ""):
+            if finished:
+                logger.info(f"already finished: {finished} ends the last of {epochs} epochs and {output_dir} holds "
+                            f"final.pdparams; nothing to do (to train longer, raise epochs; for a new run, pick "
+                            f"another output_dir)")
+            return {}
+    with OutputDirLock(output_dir) if is_main() else contextlib.nullcontext() as lock:
+        if lock is not None:  # a refusal on rank 0 stops the others (utils.dist.FailureReporter)
+            check_new_run(output_dir, args.resume)
+        logger = setup_logger(output_dir)  # log.txt is written only under the lock
         if lock is not None and lock.took_over:
-            logger.warning(f"took over the lock of {cfg['output_dir']}, left by a run that is gone "
-                           f"({lock.took_over})")
-        return run_training(cfg, args, argv, build_weights(cfg, args, logger), logger)
+            logger.warning(f"took over the lock of {output_dir}, left by a run that is gone ({lock.took_over})")
+        return run_training(cfg, args, argv, set_up(cfg, args, logger, lock), logger)
 
 
 def build_weights(cfg, args: argparse.Namespace, logger) -> paddle.nn.Layer:
@@ -99,15 +114,31 @@ def build_weights(cfg, args: argparse.Namespace, logger) -> paddle.nn.Layer:
     return model
 
 
-def run_training(cfg, args: argparse.Namespace, argv: list[str] | None, model: paddle.nn.Layer, logger) -> dict:
-    """Write the run's records (config, command, packages) and train."""
+def set_up(cfg, args: argparse.Namespace, logger, lock: OutputDirLock | None) -> Trainer:
+    """The model (with ``--load``) and the trainer with its data: all that precedes training. Should it fail or be
+    interrupted, an output_dir this run created loses its log, so that the lock removes it; a Ctrl-C ends with
+    one line saying what to do."""
+    try:
+        return Trainer.from_config(cfg, build_weights(cfg, args, logger))
+    except BaseException as e:
+        if lock is not None and lock.created:
+            setup_logger(None)  # closes log.txt
+            os.remove(os.path.join(cfg["output_dir"], "log.txt"))
+        if isinstance(e, KeyboardInterrupt):
+            end_without_report()
+            raise Preempted("stopped on SIGINT before training started, with no checkpoint written; run the same "
+                            "command again") from None
+        raise
+
+
+def run_training(cfg, args: argparse.Namespace, argv: list[str] | None, trainer: Trainer, logger) -> dict:
+    """Write the run's records (config, command, packages; :data:`RECORD` marks the directory as a run's) and train."""
     if is_main():
         command = [os.path.abspath(__file__), *(sys.argv[1:] if argv is None else argv)]
-        dump_config(cfg, os.path.join(cfg["output_dir"], "config.yaml"))
+        dump_config(cfg, os.path.join(cfg["output_dir"], RECORD))
         with open(os.path.join(cfg["output_dir"], "command.txt"), "w", encoding="utf-8") as f:
             f.write(" ".join([sys.executable, *command]) + "\n")
         write_run_info(os.path.join(cfg["output_dir"], "run_info.json"), command)
-    trainer = Trainer.from_config(cfg, model)
     metrics = trainer.train(resume=args.resume)
     if metrics and is_main():
         logger.info(f"finished: top-1 {metrics['top1']:.3f} ({metrics['tracked']}), outputs in {cfg['output_dir']}")

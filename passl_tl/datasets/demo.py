@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from ..utils.atomic import write_directory_atomic
+from ..utils.logger import get_logger
 from ..utils.registry import DATASETS, NonNegativeInt, PositiveInt
 from .imagenet_token_label import BadImageMode, BadLabelMode, ImageNetTokenLabel
 
@@ -39,9 +40,11 @@ def class_style(k: int, num_classes: int) -> tuple[np.ndarray, float, float]:
 
 
 def class_name(k: int, num_classes: int) -> str:
+    """What class ``k`` shows, e.g. ``red_stripes_0deg``: its hue's name and stripe angle. With more classes than
+    hue names two classes can share both, so the class's number follows."""
     _, angle, _ = class_style(k, num_classes)
     hue = _HUE_NAMES[round(k / num_classes * len(_HUE_NAMES)) % len(_HUE_NAMES)]
-    return f"{hue}_stripes_{angle:g}deg"
+    return f"{hue}_stripes_{angle:g}deg" + (f"_{k}" if num_classes > len(_HUE_NAMES) else "")
 
 
 def class_layout(gt: int, num_classes: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -172,6 +175,7 @@ def ensure_demo_dataset(root: str, **params) -> str:
     """
     if os.path.isdir(root):
         return make_demo_dataset(root, **params)  # complete: a no-op; interrupted earlier: refilled
+    get_logger().info(f"writing the demo data to {root} (on first use only)")
     write_directory_atomic(root, lambda tmp: make_demo_dataset(tmp, **params), keep_existing=True)
     return make_demo_dataset(root, **params)
 

@@ -1,10 +1,10 @@
 """Checkpoint files that survive crashes: written atomically with a SHA-256 beside them, verified
-when read, found by name (``ckpt_eEEEE_iIIIIII.pdckpt``) for ``--resume auto``."""
+when read, found by name (``ckpt_eEEEE_iIIIIII.pdckpt``) for ``--resume auto``, which every process
+takes from rank 0's choice."""
 from __future__ import annotations
 
 import errno
 import glob
-import hashlib
 import math
 import os
 import re
@@ -14,6 +14,8 @@ import numpy as np
 import paddle
 
 from ..utils.atomic import fsync_directory, write_file_atomic
+from ..utils.checksum import file_sha256
+from ..utils.dist import broadcast_text, is_main, rank, wait_for_all
 from ..utils.logger import get_logger
 from ..utils.paddle_file import RefusedGlobalError, load_paddle_file
 
@@ -21,6 +23,8 @@ CHECKSUM_SUFFIX = ".sha256"
 # save_atomic's temporary files of the files a run writes (left by a killed process)
 _TEMPORARY = re.compile(r"^(ckpt_e\d+_i\d+\.pdckpt(\.sha256)?|(best|best_model|best_ema|final|final_ema)\.pdparams)\.tmp\d+$")
 _CHECKPOINT = re.compile(r"ckpt_e(\d+)_i(\d+)\.pdckpt$")
+RESUME_CHOICE_KEY = "passl_tl/resume/choice"  # the TCP store keys of agreed_latest_checkpoint
+RESUME_LOADED_KEY = "passl_tl/resume/loaded"
 
 
 def checkpoint_name(epoch: int, iters_done: int) -> str:
@@ -35,14 +39,6 @@ def list_checkpoints(directory: str) -> list[str]:
         if m:
             found.append(((int(m.group(1)), int(m.group(2))), path))
     return [p for _, p in sorted(found)]
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_text(path: str, text: str) -> None:
@@ -134,6 +130,31 @@ def load_latest_checkpoint(directory: str) -> tuple[str, dict] | None:
         except (OSError, ValueError) as e:
             get_logger().warning(f"skipping checkpoint {path}: {e}; falling back to the previous one")
     return None
+
+
+def agreed_latest_checkpoint(directory: str) -> tuple[str, dict] | None:
+    """What ``--resume auto`` continues from, the same checkpoint in every process: rank 0 takes the newest usable
+    one of ``directory`` (:func:`load_latest_checkpoint`) and sends its name; the others load that file of their
+    ``directory``. Choosing for themselves, processes that see the directory differently (disks local to each node,
+    a network file system's stale cache) would continue from different steps. None in every process when rank 0
+    finds no checkpoint. Raises when rank 0 finds only unusable ones, or when another process cannot use the
+    one chosen. Returns once every process holds its state."""
+    found = None
+    if is_main():
+        found = load_latest_checkpoint(directory)
+        if found is None and list_checkpoints(directory):
+            raise ValueError(f"--resume auto: none of the checkpoints in {directory} can be read (see the warnings "
+                             f"above); move them away to start from scratch")
+    name = broadcast_text(RESUME_CHOICE_KEY, os.path.basename(found[0]) if found else "")
+    if name and found is None:
+        path = os.path.join(directory, name)
+        try:
+            found = path, load_checkpoint(path)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--resume auto: rank 0 chose {name}, which rank {rank()} cannot use: {e}; every "
+                             f"process must see the output_dir of rank 0 (a file system shared by all nodes)") from e
+    wait_for_all(RESUME_LOADED_KEY)  # no collective waits for a slow load (gloo would give up after 30 s)
+    return found
 
 
 def remove_checkpoint(path: str) -> None:

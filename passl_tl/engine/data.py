@@ -233,14 +233,16 @@ def reader_errors_raised() -> Iterator[None]:
     """Within: an error raised in a DataLoader's reader thread (a worker's, whose message holds the worker's
     traceback, e.g. the image it could not decode; or, with ``num_workers: 0``, the dataset's own) is raised as
     itself where the main thread reads the loader. Paddle re-raises it in the reader thread, and the main thread
-    only learns "Blocking queue is killed" (a ``SystemError``)."""
-    reader_errors: list[BaseException] = []
+    only learns "Blocking queue is killed" (a ``SystemError``). The error raised here is not also reported as an
+    unhandled thread exception (a second traceback); one the main thread never met is, on leaving."""
+    reader_errors: list[threading.ExceptHookArgs] = []
     previous_hook = threading.excepthook
 
     def keep(args: threading.ExceptHookArgs) -> None:
         if args.thread is not None and args.thread.name.endswith(READER_THREAD):
-            reader_errors.append(args.exc_value)
-        previous_hook(args)
+            reader_errors.append(args)
+        else:
+            previous_hook(args)
 
     threading.excepthook = keep
     try:
@@ -250,10 +252,12 @@ def reader_errors_raised() -> Iterator[None]:
             if thread.name.endswith(READER_THREAD):
                 thread.join(timeout=5.0)
         if reader_errors:
-            raise reader_errors[-1] from e
+            raise reader_errors.pop().exc_value from e
         raise
     finally:
         threading.excepthook = previous_hook
+        for args in reader_errors:
+            previous_hook(args)
 
 
 def batches(loader: Iterable) -> Iterator:

@@ -4,10 +4,11 @@ from ..utils.registry import NonNegativeInt, PositiveFloat, PositiveInt
 
 DEFAULTS = {
     "seed": 0,
-    "device": "cpu",             # "cpu", "gpu" (the launcher picks the card), "gpu:N"
+    "device": "cpu",             # "cpu", "gpu" (the launcher picks the card), "gpu:N"; a GPU without CUDA: the CPU
     "threads": 0,                # CPU threads of Paddle's kernels per process (0: all available CPUs)
     "eval_backend": "auto",      # "dygraph", "onednn" (CPU: Paddle Inference), "auto" (onednn on CPU without AMP)
     "output_dir": "output/run",
+    "class_names": None,         # a name per class (a list): what exported models and predictions call the classes
     "epochs": 300,               # cosine epochs; the scheduler's cooldown epochs come on top
     "amp": {"enable": False, "dtype": "float16", "level": "O1", "init_loss_scaling": 65536.0},
     "model": {},

@@ -8,24 +8,31 @@ from typing import Callable, Iterable
 import numpy as np
 import paddle
 
-from ..utils.dist import all_reduce_sum, world_size
+from ..utils.dist import all_reduce_sum, is_main, world_size
+from ..utils.logger import get_logger
+from ..utils.progress import ProgressLog
 from .data import batches
 from .eval_forward import eval_forward
 
 
 @paddle.no_grad()
 def evaluate(model: paddle.nn.Layer, loader: Iterable, amp_context: Callable | None = None,
-             backend: str = "dygraph", logits: list[np.ndarray] | None = None) -> dict[str, float]:
+             backend: str = "dygraph", logits: list[np.ndarray] | None = None,
+             what: str = "evaluated images") -> dict[str, float]:
     """Accuracy of ``model`` (eval mode) over ``loader``; the loader shards without padding.
     ``backend``: see ``eval_forward`` (``img_per_s`` includes compiling the program for oneDNN).
     ``logits``: a list that receives each batch's logits (float32, this process's images in the
-    loader's order), for checking them image by image."""
+    loader's order), for checking them image by image. An evaluation that runs long (an ImageNet one on a CPU:
+    half an hour) logs its progress on rank 0 as ``what: done/total ...`` (:class:`ProgressLog`; images done
+    estimated from rank 0's share)."""
     was_training = model.training
     model.eval()
     correct1 = correct5 = count = 0.0
     start = time.time()
+    dataset = getattr(loader, "dataset", None)
     try:
         forward = eval_forward(model, backend, amp_context)
+        progress = ProgressLog(len(dataset), what, get_logger().info) if dataset is not None and is_main() else None
         with contextlib.closing(batches(loader)) as stream:  # a failing forward ends the loader's workers now
             for images, labels in stream:
                 batch_logits = forward(images).astype("float32")
@@ -37,6 +44,8 @@ def evaluate(model: paddle.nn.Layer, loader: Iterable, amp_context: Callable | N
                 correct1 += float(hits[:, 0].sum())
                 correct5 += float(hits.sum())
                 count += labels.shape[0]
+                if progress is not None:
+                    progress.update(labels.shape[0] * world_size())
     finally:
         if was_training:
             model.train()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+import paddle
+
 from .. import datasets, models  # noqa: F401  (register the transforms and the models)
 from ..utils.config import Config, load_config
-from ..utils.registry import MODELS, TRANSFORMS, accepted_arguments, check_argument
+from ..utils.logger import get_logger
+from ..utils.registry import MODELS, TRANSFORMS, ConfigError, accepted_arguments, check_argument
 from .defaults import BOUNDS, DEFAULTS
 
 IMAGE_SIZE_ARGUMENTS = ("size", "img_size")  # transform arguments that are the model's input size
@@ -32,7 +35,8 @@ def check_run_config(cfg: Config) -> None:
     """Values that cannot be right, before anything is built: each number of :data:`BOUNDS` (``epochs`` an int
     >= 1, batch sizes >= 1, ``seed`` >= 0, ...) and the model mapping (its registered name, keys and the values
     of its backbone's and head's annotated arguments: ``drop_path_rate`` in [0, 1), ``num_classes`` >= 1, image
-    sizes >= 1, ...). The other component mappings are checked by ``Trainer.check_config`` through the registry.
+    sizes >= 1, ...), and ``class_names`` a list of strings. The other component mappings are checked by
+    ``Trainer.check_config`` through the registry.
     Errors name the key path, the value and the file."""
     for dotted, hint in BOUNDS.items():
         *sections, key = dotted.split(".")
@@ -43,6 +47,9 @@ def check_run_config(cfg: Config) -> None:
             check_argument(key, node[key], hint, f"{'.'.join(sections)} of {cfg.source}" if sections else cfg.source)
     if cfg.get("model"):
         MODELS.check(cfg["model"], f"model of {cfg.source}")
+    names = cfg.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ConfigError(f"class_names in {cfg.source} must be a list of names (strings), got {names!r}")
 
 
 def model_img_size(model: Any) -> Any:
@@ -68,3 +75,15 @@ def with_image_size(spec: Any, side: int) -> Any:
         return spec  # the registry names the problem when the transform is built
     accepted = accepted_arguments(TRANSFORMS.get(spec["name"]))[0]
     return {**spec, **{key: side for key in IMAGE_SIZE_ARGUMENTS if key in accepted and key not in spec}}
+
+
+def choose_device(cfg: Config) -> str:
+    """The device a run of ``cfg`` uses, also set as its ``device`` (the run's saved config says where it ran): the
+    configured one, but the CPU for a GPU when this Paddle is built without CUDA (the ImageNet configs say ``gpu``),
+    with a warning that ``-o device=cpu`` makes the choice explicit."""
+    device = cfg["device"]
+    if str(device).split(":")[0] == "gpu" and not paddle.is_compiled_with_cuda():
+        get_logger().warning(f"device {device} in {cfg.source}: this Paddle is built without CUDA, running on the "
+                             f"CPU (-o device=cpu says so and silences this warning)")
+        cfg["device"] = device = "cpu"
+    return device

@@ -19,7 +19,7 @@ from ..utils.errors import Preempted
 from ..utils.logger import get_logger
 from ..utils.registry import DATASETS, HOOKS, LR_SCHEDULERS, OPTIMIZERS, TRANSFORMS, check_arguments
 from ..utils.seeding import derived_seed
-from .checkpoint import (list_checkpoints, load_checkpoint, load_latest_checkpoint, portable_optimizer_state,
+from .checkpoint import (agreed_latest_checkpoint, list_checkpoints, load_checkpoint, portable_optimizer_state,
                          restore_optimizer_state)
 from .data import batches, build_dataset, build_loader, check_data_matches_model
 from .fixed_batches import FixedBatches
@@ -40,6 +40,12 @@ def amp_context_from(cfg: Mapping[str, Any]) -> Callable | None:
         raise ConfigError(f"amp supports level 'O1' with dtype {' or '.join(AMP_DTYPES)}, "
                           f"got level {cfg['level']!r} dtype {cfg['dtype']!r}")
     return functools.partial(paddle.amp.auto_cast, enable=True, level="O1", dtype=cfg["dtype"])
+
+
+def build_lr_scheduler(cfg: Config) -> Any:
+    """The config's LR schedule; its ``total_epochs`` (cooldown included) is how long the run trains."""
+    return LR_SCHEDULERS.build(cfg["lr_scheduler"], f"lr_scheduler of {cfg.source}", base_lr=cfg["optimizer"]["lr"],
+                               epochs=cfg["epochs"])
 
 
 # Components that were hooks before the step and the batch became the trainer's: where they went.
@@ -111,8 +117,7 @@ class Trainer:
             model, amp_context_from(cfg["amp"]))
         check_data_matches_model(model, train_set, val_set, batch_pipeline.get("target"), cfg.source)
         optimizer = OPTIMIZERS.build(cfg["optimizer"], f"optimizer of {cfg.source}", model=model)
-        lr_scheduler = LR_SCHEDULERS.build(cfg["lr_scheduler"], f"lr_scheduler of {cfg.source}",
-                                           base_lr=cfg["optimizer"]["lr"], epochs=cfg["epochs"])
+        lr_scheduler = build_lr_scheduler(cfg)
         amp = cfg["amp"]
         scaler = (paddle.amp.GradScaler(init_loss_scaling=amp["init_loss_scaling"])
                   if amp["enable"] and amp["dtype"] == "float16" else None)
@@ -251,12 +256,10 @@ class Trainer:
 
     def resume(self, path: str) -> None:
         """Continue from checkpoint ``path``; ``"auto"``: from the newest usable checkpoint of the output
-        dir (a corrupt newer one is skipped with a warning), or from scratch when there is none."""
+        dir (a corrupt newer one is skipped with a warning), the one rank 0 chose in every process, or from
+        scratch when there is none."""
         if path == "auto":
-            found = load_latest_checkpoint(self.output_dir)
-            if found is None and list_checkpoints(self.output_dir):
-                raise ValueError(f"--resume auto: none of the checkpoints in {self.output_dir} can be read (see "
-                                 f"the warnings above); move them away to start from scratch")
+            found = agreed_latest_checkpoint(self.output_dir)
             if found is None:
                 get_logger().info(f"--resume auto: no checkpoint in {self.output_dir}; starting from scratch")
                 return
@@ -279,7 +282,6 @@ class Trainer:
         self.start_epoch, self.start_iter = state["epoch"], state["iters_done"]
         if self.start_iter >= self.iters_per_epoch:
             self.start_epoch, self.start_iter = self.start_epoch + 1, 0
-        if is_main():
-            get_logger().info(f"resumed from {path}: continuing at epoch {self.start_epoch}, "
-                              f"iteration {self.start_iter}")
+        get_logger().info(f"resumed from {path}: continuing at epoch {self.start_epoch}, "  # every process: its file
+                          f"iteration {self.start_iter}")
 

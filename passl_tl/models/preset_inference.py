@@ -121,17 +121,22 @@ _BLOCK = re.compile(r"(blocks\.\d+|network\.\d+\.\d+|post_network\.\d+)\.")  # V
 
 
 def choose_preset(state: Mapping[str, np.ndarray], overrides: Mapping[str, Any], src: str) -> str:
-    """The single preset matching the checkpoint, else an error asking for ``--model``. Presets
+    """The single preset matching the checkpoint, else an error listing those to choose from with ``--model``
+    (the checkpoint's family's when no preset matches; ``-o`` is suggested only then). Presets
     that differ only in their default image size (``deit_base_patch16_224`` / ``_384``) build the
     same model once ``img_size`` is read from the checkpoint: the one named after that size wins."""
     found = matching_presets(state, overrides)
     if len(found) > 1:
         sized = [n for n in found if n.endswith(f"_{preset_arguments(n, state, overrides).get('img_size')}")]
         found = sized if len(sized) == 1 else found
-    if len(found) != 1:
-        what = f"matches several presets ({', '.join(found)})" if found else "matches no registered preset"
+    if len(found) > 1:
+        raise ConfigError(f"{src} ({describe(state)}) matches several presets ({', '.join(found)}); choose one "
+                          f"with --model NAME")
+    if not found:
+        presets = family_presets(state) or [n for n in MODELS.names() if n.startswith(tuple(p for _, p in FAMILIES))]
         hint = (' — it has an aux_head: a token-labeling checkpoint, add -o "head={name: TokenLabelHead}"'
                 if "aux_head.weight" in state and "head" not in overrides else "")
-        raise ConfigError(f"{src} ({describe(state)}) {what}; choose one with --model NAME "
-                          f"(and -o for other arguments, e.g. -o depth=2){hint}")
+        raise ConfigError(f"{src} ({describe(state)}) matches no registered preset; choose the nearest with "
+                          f"--model NAME ({', '.join(presets)}) and give the arguments it differs in with -o, e.g. "
+                          f"-o depth=2{hint}")
     return found[0]

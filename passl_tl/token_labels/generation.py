@@ -20,6 +20,7 @@ from ..engine.data import batches
 from ..utils.config import Config
 from ..utils.dist import all_reduce_sum, rank, world_size
 from ..utils.logger import get_logger
+from ..utils.progress import ProgressLog
 from ..utils.registry import ConfigError
 from .files import is_complete_label, label_dtype, label_paths, save_npy_atomic
 from .packing import MIN_LABEL_WIDTH
@@ -83,11 +84,12 @@ def label_layout(model: paddle.nn.Layer, image: np.ndarray, k: int) -> tuple[tup
 
 @paddle.no_grad()
 def generate_token_labels(model: paddle.nn.Layer, dataset: Any, out_root: str, k: int = 5,
-                          batch_size: int = 32, num_workers: int = 0, log_interval: int = 50) -> LabelingResult:
+                          batch_size: int = 32, num_workers: int = 0) -> LabelingResult:
     """Label every image of ``dataset`` (``samples`` [(path, class id)], items ``(image, class id)``)
     into ``out_root`` with the teacher ``model``.
 
-    Each process takes ``indices[rank::world]`` and skips the images whose file is already valid.
+    Each process takes ``indices[rank::world]`` and skips the images whose file is already valid; it logs its
+    progress (done/total, rate, time left) every ``utils.progress.LOG_INTERVAL_S`` seconds.
     """
     model.eval()
     shape, dtype = label_layout(model, dataset[0][0], k)
@@ -102,12 +104,12 @@ def generate_token_labels(model: paddle.nn.Layer, dataset: Any, out_root: str, k
     loader = paddle.io.DataLoader(_Indexed(dataset, pending), batch_size=batch_size, shuffle=False,
                                   num_workers=num_workers, use_shared_memory=num_workers > 0)
     correct = 0
-    for step, (images, targets, indices) in enumerate(batches(loader), 1):
+    progress = ProgressLog(len(pending), "labelled images", get_logger().info)
+    for images, targets, indices in batches(loader):
         dense = model.dense_logits(images)
         for index, label in zip(indices.numpy().tolist(), top_k_maps(dense, k, dtype)):
             save_npy_atomic(label, paths[index])
         correct += int((dense.mean(axis=[2, 3]).argmax(axis=1) == targets).astype("int64").sum())
-        if step % log_interval == 0 or step == len(loader):
-            get_logger().info(f"labelled {min(step * batch_size, len(pending))}/{len(pending)} images")
+        progress.update(len(indices))
     written, skipped, correct = all_reduce_sum([len(pending), len(mine) - len(pending), correct])
     return LabelingResult(len(dataset), int(written), int(skipped), int(correct))

@@ -24,6 +24,7 @@ TITLE = 18         # title band above each panel
 SWATCH = 14        # legend colour square
 LEGEND_ROWS = 8    # entries per legend column
 MAX_LEGEND = 24
+COLUMN_TITLES = {"image": "image", "classes": "top class per cell", "confidence": "top-class probability"}
 _GOLDEN = 0.618033988749895
 
 Box = tuple[int, int, int, int]  # left, top, width, height
@@ -91,13 +92,14 @@ def training_view(image: np.ndarray, label: np.ndarray, seed: int, size: int = 2
 
 
 def render(views: Sequence[View], class_names: Sequence[str] | None = None) -> Figure:
-    """One row per view: the image, its top-class map and its confidence map; a legend below."""
+    """One row per view under its title: the image, its top-class map and its confidence map, each under its
+    column's title (:data:`COLUMN_TITLES`); a legend below."""
     font = ImageFont.load_default(size=12)
     sizes = [_panel_size(view.image) for view in views]
     row_width = max(3 * w + 4 * MARGIN for w, _ in sizes)
     legend = _legend_classes(views)
     legend_height = min(len(legend), LEGEND_ROWS) * (SWATCH + 4) + TITLE + MARGIN
-    height = sum(h + TITLE + MARGIN for _, h in sizes) + MARGIN + legend_height
+    height = sum(h + 2 * TITLE + MARGIN for _, h in sizes) + MARGIN + legend_height
     canvas = Image.new("RGB", (row_width, height), "white")
     draw = ImageDraw.Draw(canvas)
     panels: dict[str, Box] = {}
@@ -108,10 +110,11 @@ def render(views: Sequence[View], class_names: Sequence[str] | None = None) -> F
                     "classes": _class_picture(view.classes, (w, h)),
                     "confidence": _heat_picture(view.confidence, (w, h))}
         for column, (name, picture) in enumerate(pictures.items()):
-            box = (MARGIN + column * (w + MARGIN), top + TITLE, w, h)
+            box = (MARGIN + column * (w + MARGIN), top + 2 * TITLE, w, h)
+            draw.text((box[0], top + TITLE), COLUMN_TITLES[name], fill="black", font=font)
             canvas.paste(picture, box[:2])
             panels[f"{index}/{name}"] = box
-        top += TITLE + h + MARGIN
+        top += 2 * TITLE + h + MARGIN
     _draw_legend(canvas, legend, class_names, top, font)
     return Figure(canvas, panels, legend)
 

@@ -5,17 +5,22 @@ import argparse
 import atexit
 import faulthandler
 import pickle
+import re
+import signal
 import sys
 import zipfile
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
-from .dist import report_failure
+from .dist import end_without_report, report_failure
 from .errors import PREEMPTED_EXIT_CODE, Preempted, TrainingStopped
 from .registry import ConfigError
 
 # Errors that mean bad input (a config, a path, a file's content): reported in one line.
 INPUT_ERRORS = (ConfigError, ValueError, OSError, pickle.UnpicklingError, zipfile.BadZipFile)
 EXIT_GRACE_S = 20.0  # the longest the interpreter's shutdown may take once a tool's main() has ended
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what a shell shows for a program ended by Ctrl-C
+# Paddle turns an exception raised in a PyLayer's backward into an OSError quoting it, KeyboardInterrupt included
+_WRAPPED_INTERRUPT = re.compile(r"^\s*KeyboardInterrupt\b", re.M)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True,
@@ -30,12 +35,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True,
 def run_tool(main: Callable[[], Any]) -> None:
     """Run a tool's ``main()``: bad input ends with ``error: ...`` on stderr and exit code 2, a run
     that had to stop (``TrainingStopped``) with exit code 1, a run stopped by a signal after saving its state
-    (``Preempted``) with 75, all without a traceback; an integer result is the exit code. However it ends, the
-    process then ends within ``EXIT_GRACE_S`` seconds (``bound_exit``)."""
+    (``Preempted``) with 75, a Ctrl-C the tool did not handle with ``interrupted`` and 130, all without a traceback;
+    an integer result is the exit code. However it ends, the process then ends within ``EXIT_GRACE_S`` seconds
+    (``bound_exit``)."""
     try:
         _run(main)
     finally:
         bound_exit()
+        # The work is over: a Ctrl-C while the interpreter exits, after Python restored the signal's default action,
+        # would end the process by the signal (exit code -2), hiding how the work ended.
+        atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
 
 
 def bound_exit(grace: float = EXIT_GRACE_S) -> None:
@@ -54,7 +63,11 @@ def bound_exit(grace: float = EXIT_GRACE_S) -> None:
 def _run(main: Callable[[], Any]) -> None:
     try:
         code = main()
+    except KeyboardInterrupt:
+        _interrupted()
     except INPUT_ERRORS as e:
+        if isinstance(e, OSError) and _WRAPPED_INTERRUPT.search(str(e)):  # a Ctrl-C, not bad input
+            _interrupted()
         print(f"error: {e}", file=sys.stderr)
         report_failure(e)
         sys.exit(2)
@@ -66,3 +79,9 @@ def _run(main: Callable[[], Any]) -> None:
         print(f"preempted: {e}", file=sys.stderr)
         sys.exit(PREEMPTED_EXIT_CODE)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted() -> NoReturn:
+    end_without_report()  # every process of a launch gets the Ctrl-C: none of them failed
+    print("interrupted (SIGINT) before the end; files written so far are kept", file=sys.stderr)
+    sys.exit(INTERRUPTED_EXIT_CODE)

@@ -22,6 +22,7 @@ STOP_KEY = "passl_tl/stop/{}"  # rank r's watch thread waits for it: the first r
 ACKS_KEY = "passl_tl/failure_acks"  # how many ranks logged a report and stopped
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 LAUNCHED_ENV = "PADDLE_TRAINER_ID"  # set by paddle.distributed.launch in every process it starts
+STORE_CONNECT_TIMEOUT_S = 30  # a TCP store client's connection (not its waits for a key)
 
 
 def world_size() -> int:
@@ -87,6 +88,35 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _store_client() -> "paddle.base.core.TCPStore":
+    host, port = store_endpoint()
+    return paddle.base.core.TCPStore(host, port, False, world_size(), STORE_CONNECT_TIMEOUT_S)
+
+
+def broadcast_text(key: str, text: str) -> str:
+    """Rank 0's ``text`` on every process (the others' is ignored). It goes through the process group's TCP store,
+    where the others wait as long as rank 0 takes (a gloo collective gives up after 30 s); a failing process stops
+    the waiting ones (:class:`FailureReporter`). Each ``key`` is used once per run."""
+    if world_size() == 1:
+        return text
+    store = _store_client()
+    if is_main():
+        store.set(key, text.encode())
+        return text
+    return store.get(key).decode()
+
+
+def wait_for_all(key: str) -> None:
+    """Return once every process has called this with ``key`` (once per run): a barrier in the TCP store, which,
+    unlike gloo's, waits as long as the slowest process takes."""
+    if world_size() == 1:
+        return
+    store = _store_client()
+    if store.add(f"{key}/arrived", 1) == world_size():
+        store.set(f"{key}/all", b"1")
+    store.get(f"{key}/all")
+
+
 def broadcast_buffers(layer: paddle.nn.Layer) -> None:
     """Copy rank 0's buffers (BatchNorm running stats) to every process, as torch DDP does."""
     if world_size() == 1:
@@ -150,9 +180,8 @@ class FailureReporter:
     """
 
     def __init__(self, grace: float):
-        host, port = store_endpoint()
-        self.store, self.watch_store = (paddle.base.core.TCPStore(host, port, False, world_size(), 30)
-                                        for _ in range(2))  # one to report (or for the child), one to watch
+        self.store = _store_client()  # to report (or for the child)
+        self.watch_store = _store_client()  # for the watch thread
         self.grace = grace
         self.identity = f"rank {rank()} (pid {os.getpid()}, host {socket.gethostname()})"
         self.ended = mmap.mmap(-1, 1)  # shared with the child: 1 once this rank reported or stopped on a report

@@ -1,8 +1,11 @@
 """An eval-mode model saved as a Paddle inference program, and a CPU predictor that runs one."""
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Sequence
+import sys
+import tempfile
+from typing import Iterator, Sequence
 
 import numpy as np
 import paddle
@@ -10,6 +13,9 @@ import paddle.nn as nn
 from paddle import inference
 
 INPUT_NAME = "x"
+# Logged by Paddle's C++ (glog, to file descriptor 2) when a program is traced from a layer using softmax: Paddle's
+# own ``F.softmax`` passes ``out=None`` to its op, which PIR does not take. Nothing to act on; the program is right.
+PIR_OUT_WARNING = b"Paddle static graph(PIR) not support input out tensor"
 
 
 def save_program(model: nn.Layer, prefix: str, input_shape: Sequence[int | None]) -> tuple[str, str]:
@@ -23,12 +29,33 @@ def save_program(model: nn.Layer, prefix: str, input_shape: Sequence[int | None]
     model.eval()
     try:
         spec = paddle.static.InputSpec(list(input_shape), "float32", INPUT_NAME)
-        paddle.jit.save(model, prefix, input_spec=[spec])
+        with stderr_without(PIR_OUT_WARNING):
+            paddle.jit.save(model, prefix, input_spec=[spec])
     finally:
         if was_training:
             model.train()
     program = prefix + (".json" if paddle.framework.use_pir_api() else ".pdmodel")
     return program, prefix + ".pdiparams"
+
+
+@contextlib.contextmanager
+def stderr_without(noise: bytes) -> Iterator[None]:
+    """Within: what is written to file descriptor 2 (Python and C++ alike) is held back, and written out at the end
+    without its lines that contain ``noise`` (all of it lost should the process die within)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = b"".join(line for line in held if noise not in line)
+            while kept:
+                kept = kept[os.write(2, kept):]
 
 
 def onednn_available() -> bool:

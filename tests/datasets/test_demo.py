@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from passl_tl.datasets.demo import class_style, make_demo_dataset, wnid
+from passl_tl.datasets.demo import class_name, class_style, make_demo_dataset, wnid
 from passl_tl.datasets.imagenet_token_label import ImageNetTokenLabel
 
 from tests.conftest import import_tool
@@ -39,6 +39,13 @@ def test_layout(demo):
     assert [line.split()[0] for line in lines] == wnids and all(len(line.split()) == 2 for line in lines)
     img = cv2.imread(os.path.join(demo, "val", "n00000004", "n00000004_0003.JPEG"))
     assert img.shape == (72, 72, 3)
+
+
+@pytest.mark.parametrize("num_classes", [5, 10, 12, 13, 25, 200, 1000])
+def test_class_names_are_distinct(num_classes):
+    """A prediction's name says which class it is: hue names and stripe angles repeat beyond 12 classes."""
+    names = [class_name(k, num_classes) for k in range(num_classes)]
+    assert len(set(names)) == num_classes
 
 
 def test_label_files(demo):

@@ -349,6 +349,7 @@ def damaged_demo(tmp_path):
     return data_root, image, label
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # the error is reported once
 def test_training_run_stops_naming_the_bad_image(damaged_demo, tmp_path):
     data_root, image, _ = damaged_demo
     overrides = small_run_overrides(data_root, str(tmp_path / "out"), epochs=1, workers=2)

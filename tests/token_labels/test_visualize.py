@@ -6,9 +6,12 @@ import pytest
 from PIL import Image
 
 from passl_tl.datasets.demo import make_demo_dataset, wnid
-from passl_tl.token_labels.visualize import class_colour, label_view, training_view
+from passl_tl.deploy.class_names import imagenet_class_names
+from passl_tl.engine.run_config import load_run_config
+from passl_tl.token_labels.visualize import TITLE, class_colour, label_view, training_view
+from passl_tl.utils.registry import ConfigError
 
-from tests.conftest import import_tool
+from tests.conftest import DEMO_CONFIG, REPO_ROOT, import_tool
 
 visualize_token_labels = import_tool("visualize_token_labels")  # tools/visualize_token_labels.py
 
@@ -62,6 +65,8 @@ def test_picture_of_the_full_label_map(demo, tmp_path):
     # the image panel shows the image (a demo image is mostly its class's texture, not white)
     left, top, width, height = figure.panels["0/image"]
     assert png[top:top + height, left:left + width].mean() < 200
+    for left, top, width, _ in figure.panels.values():  # each column's title: text just above its panel
+        assert (png[top - TITLE:top, left:left + width] < 128).any()
 
 
 def test_confidence_is_the_top_k_softmax(demo):
@@ -103,3 +108,34 @@ def test_errors(demo, tmp_path):
     np.save(bad, np.zeros((3, 5, 18, 18), np.float16))
     with pytest.raises(ValueError, match="shape"):
         visualize_token_labels.main([image, str(bad), "--out", str(tmp_path / "y.png")])
+
+
+def config(family, name):
+    return os.path.join(REPO_ROOT, "configs", family, f"{name}.yaml")
+
+
+@pytest.mark.parametrize("path, crop, label_size", [
+    (DEMO_CONFIG, (64, [0.35, 1.0]), 8),  # LV-ViT with patch 8 at 64 px
+    (config("regnet", "regnety_002_relabel_demo"), (64, [0.35, 1.0]), 1),  # ReLabel: one pooled label per crop
+    (config("deit", "deit_small"), (224, [0.08, 1.0]), 14),  # no token labels: the grid they would take
+])
+def test_a_config_gives_the_training_view(path, crop, label_size):
+    settings = visualize_token_labels.config_settings(path, [])
+    assert (settings["size"], settings["crop_scale"], settings["label_size"]) == (*crop, label_size)
+    assert visualize_token_labels.config_settings(path, ["model.img_size=128"])["size"] == 128
+
+
+def test_the_config_gives_defaults_and_options_win(demo, tmp_path, monkeypatch):
+    image, label, _ = demo
+    seen, real = [], visualize_token_labels.visualize_token_labels
+    monkeypatch.setattr(visualize_token_labels, "visualize_token_labels", lambda *args: seen.append(args) or real(*args))
+    out = str(tmp_path / "v.png")
+    visualize_token_labels.main([image, label, "--out", out, "--crop", "-c", DEMO_CONFIG])
+    visualize_token_labels.main([image, label, "--out", out, "--crop", "-c", DEMO_CONFIG, "--label-size", "4",
+                                 "--size", "32", "--crop-scale", "1", "1", "--class-names", "imagenet"])
+    visualize_token_labels.main([image, label, "--out", out, "--crop"])
+    demo_names = load_run_config(DEMO_CONFIG)["class_names"]
+    assert [(names, size, label_size, scale) for _, _, names, _, _, size, label_size, scale in seen] == [
+        (demo_names, 64, 8, [0.35, 1.0]), (imagenet_class_names(), 32, 4, [1.0, 1.0]), (None, 224, 14, (0.08, 1.0))]
+    with pytest.raises(ConfigError, match="-o overrides a config: give it with -c CONFIG"):
+        visualize_token_labels.main([image, label, "--out", out, "-o", "model.img_size=32"])

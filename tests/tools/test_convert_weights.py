@@ -9,7 +9,7 @@ import pytest
 
 from passl_tl.models import create_model, load_weights, preset_inference
 from passl_tl.models.weights import linear_weight_names
-from passl_tl.utils.registry import ConfigError
+from passl_tl.utils.registry import MODELS, ConfigError
 from passl_tl.utils.torch_checkpoint import load_torch_file
 
 from tests.conftest import REPO_ROOT, fixture_path, import_tool, load_npz, write_torch_zip
@@ -137,7 +137,9 @@ def test_preset_inferred_from_shapes(tmp_path, capsys, official):
     np.testing.assert_array_equal(converted["backbone.pos_embed"], at_384.backbone.pos_embed.numpy())
 
     with pytest.raises(ConfigError, match=r"\(50 tensors, embed_dim 240, depth 2, pos_embed tokens 197, "
-                                          r"head 10 classes\) matches no registered preset; choose one with --model"):
+                                          r"head 10 classes\) matches no registered preset; choose the nearest with "
+                                          r"--model NAME \(lvvit_large, lvvit_medium, lvvit_small, lvvit_tiny\) "
+                                          r"and give the arguments it differs in with -o, e.g. -o depth=2"):
         convert(tmp_path, fixture_path("lvvit_t_d2.pth"))
 
 
@@ -222,13 +224,22 @@ def test_other_families_convert_to_the_official_logits(tmp_path, capsys, case, l
 def test_presets_that_differ_only_in_depth_need_model(tmp_path):
     """T2T-ViT-7/10/12 share their width: with the depth overridden the shapes cannot tell them apart."""
     src = fixture_path("t2t_vit_7_d2.pth")
-    with pytest.raises(ConfigError, match=r"matches several presets \(t2t_vit_10, t2t_vit_12, t2t_vit_7\)"):
+    with pytest.raises(ConfigError, match=r"matches several presets \(t2t_vit_10, t2t_vit_12, t2t_vit_7\); "
+                                          r"choose one with --model NAME$"):  # no -o hint: the shapes fit each
         convert(tmp_path, src, "-o", "depth=2")
     ref = load_npz("t2t_vit_7_d2.npz")
     model = create_model("t2t_vit_7", num_classes=10, depth=2)
     load_weights(model, convert(tmp_path, src, "--model", "t2t_vit_7", "-o", "depth=2"))
     model.eval()
     np.testing.assert_allclose(model(paddle.to_tensor(ref["x"])).numpy(), ref["eval/out"], atol=1e-5)
+
+
+def test_a_checkpoint_of_no_known_family_lists_every_preset():
+    with pytest.raises(ConfigError) as err:
+        preset_inference.choose_preset({"fc.weight": np.zeros((2, 4), np.float32)}, {}, "x.pth")
+    listed = str(err.value).split("--model NAME (")[1].split(")")[0].split(", ")
+    assert listed[0] == "deit_base_distilled_patch16_224" and listed[-1] == "volo_d5" and "lvvit_tiny" in listed
+    assert set(listed) == set(MODELS.names()) - {"Classifier"}  # every preset, not the generic model
 
 
 @pytest.mark.slow

@@ -40,8 +40,8 @@ def test_best_epoch_keeps_its_raw_model_and_its_ema(reference_run):
     --finetune loads: model_best's state_dict), best_ema.pdparams its EMA; the log says which is which."""
     out = reference_run.out
     log = open(os.path.join(out, "log.txt")).read()
-    epochs = re.findall(r"new best top-1 \S+ \(EMA weights\) at epoch (\d): best\.pdparams and best_ema\.pdparams "
-                        r"hold the EMA weights, best_model\.pdparams the raw model weights", log)
+    epochs = re.findall(r"new best top-1 \S+ \(tracked: EMA weights; raw model \S+\) at epoch (\d): best\.pdparams "
+                        r"and best_ema\.pdparams hold the EMA weights, best_model\.pdparams the raw model weights", log)
     assert epochs and epochs[0] == "0"
     assert "wrote final.pdparams (raw model weights) and final_ema.pdparams (EMA weights)" in log
     # the end-of-epoch checkpoint of the last best epoch holds the raw model and the EMA of that moment
@@ -169,7 +169,8 @@ def test_finetune_at_higher_resolution_on_other_classes(reference_run, tmp_path)
     assert "resized backbone.pos_embed from 8x8 to 12x12" in log
     assert "head.cls_head.weight" in log and metrics["model/count"] == 15
     assert metrics["tracked"] == "model"
-    assert re.search(r"new best top-1 \S+ \(raw model; no EMA\) at epoch 0: best\.pdparams holds the raw model", log)
+    assert re.search(r"new best top-1 \S+ \(tracked: raw model; no EMA\) at epoch 0: best\.pdparams holds the raw "
+                     r"model", log)
     assert "wrote final.pdparams (raw model weights; no EMA in this run)" in log
     files = set(os.listdir(ft_out))
     assert {"best.pdparams", "final.pdparams"} <= files

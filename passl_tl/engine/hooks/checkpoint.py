@@ -105,16 +105,18 @@ class CheckpointHook(Hook):
         self._refuse_nonfinite(trainer, BEST)
         if trainer.ema is None:
             save_atomic(trainer.model_without_ddp.state_dict(), os.path.join(out, BEST))
-            get_logger().info(f"new best top-1 {self.best_top1:.3f} (raw model; no EMA) at epoch {trainer.epoch}: "
-                              f"{BEST} holds the raw model weights")
+            get_logger().info(f"new best top-1 {self.best_top1:.3f} (tracked: raw model; no EMA) at epoch "
+                              f"{trainer.epoch}: {BEST} holds the raw model weights")
             return
         save_atomic(trainer.model_without_ddp.state_dict(), os.path.join(out, BEST_MODEL))
         save_atomic(trainer.ema.state_dict(), os.path.join(out, BEST_EMA))
         save_atomic(trainer.best_model().state_dict(), os.path.join(out, BEST))
         if tracked == "ema":
-            kind, where = "EMA weights", f"{BEST} and {BEST_EMA} hold the EMA weights, {BEST_MODEL} the raw model"
+            kind = f"tracked: EMA weights; raw model {trainer.metrics['model/top1']:.3f}"
+            where = f"{BEST} and {BEST_EMA} hold the EMA weights, {BEST_MODEL} the raw model"
         else:
-            kind, where = "raw model", f"{BEST} and {BEST_MODEL} hold the raw model weights, {BEST_EMA} the EMA"
+            kind = f"tracked: raw model; EMA weights {trainer.metrics['ema/top1']:.3f}"
+            where = f"{BEST} and {BEST_MODEL} hold the raw model weights, {BEST_EMA} the EMA"
         get_logger().info(f"new best top-1 {self.best_top1:.3f} ({kind}) at epoch {trainer.epoch}: {where} weights")
 
     def _refuse_nonfinite(self, trainer: "Trainer", name: str) -> None:

@@ -33,12 +33,14 @@ class EvaluateHook(Hook):
             return
         broadcast_buffers(trainer.model_without_ddp)
         backend = trainer.cfg["eval_backend"]
-        metrics = {f"model/{k}": v for k, v in evaluate(trainer.model_without_ddp, trainer.val_loader,
-                                                        trainer.amp_context, backend).items()}
+        metrics = {f"model/{k}": v for k, v in evaluate(
+            trainer.model_without_ddp, trainer.val_loader, trainer.amp_context, backend,
+            what=f"epoch {trainer.epoch} eval (model), images").items()}
         tracked = "model"
         if trainer.ema is not None:
             broadcast_buffers(trainer.ema.module)
-            metrics.update({f"ema/{k}": v for k, v in
-                            evaluate(trainer.ema.module, trainer.val_loader, trainer.amp_context, backend).items()})
+            metrics.update({f"ema/{k}": v for k, v in evaluate(
+                trainer.ema.module, trainer.val_loader, trainer.amp_context, backend,
+                what=f"epoch {trainer.epoch} eval (EMA), images").items()})
             tracked = self.track
         trainer.metrics = {**metrics, "top1": metrics[f"{tracked}/top1"], "tracked": tracked}
