@@ -1,13 +1,16 @@
 """Classify images with a trained model (config + weights) or an exported inference model, on the CPU.
 
     python tools/predict.py IMAGE_OR_DIR -c configs/lvvit/lvvit_small.yaml --load W.pdparams
-    python tools/predict.py IMAGE_OR_DIR --inference-model DIR [--topk 5] [--class-names FILE] [--batch-size 8] [--json]
+    python tools/predict.py IMAGE_OR_DIR --inference-model DIR [--backend auto|paddle|onnxruntime] [--topk 5]
+                            [--class-names FILE] [--batch-size 8] [--json]
 
 Prints one line per image: its top-k class ids, names and softmax probabilities (--json: one JSON
 object per line). A directory is searched recursively for images (sorted paths). An image that
 cannot be read is reported on stderr and skipped; the exit code is then 1 (2 for a bad
 config, model or arguments). Class names: --class-names, else those stored with the exported
-model, else ImageNet-1k names for 1000 classes, else the class ids alone.
+model, else ImageNet-1k names for 1000 classes, else the class ids alone. An exported model runs on
+ONNX Runtime when DIR has model.onnx (export_model.py --onnx) and onnxruntime is installed (the faster
+CPU path), else on Paddle Inference with oneDNN; --backend chooses one.
 """
 from __future__ import annotations
 
@@ -17,10 +20,12 @@ import os
 import sys
 
 import numpy as np
+
+import passl_tl  # noqa: F401  (before Paddle: names a missing install in one line, quiets its import)
 import paddle
 
 from passl_tl.datasets.image_folder import IMG_EXTENSIONS, read_rgb
-from passl_tl.deploy import DygraphPredictor, InferencePredictor, resolve_class_names, top_k
+from passl_tl.deploy import BACKENDS, DygraphPredictor, load_exported, resolve_class_names, top_k
 from passl_tl.utils.cli import add_config_arguments, run_tool
 from passl_tl.utils.threads import set_cpu_threads
 
@@ -32,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          config_help="YAML config (with --load): predict with the dygraph model")
     parser.add_argument("--load", help="weights for -c: .pdparams or an official .pth/.pth.tar/.pt/.bin/.safetensors")
     parser.add_argument("--inference-model", metavar="DIR", help="directory written by tools/export_model.py")
+    parser.add_argument("--backend", choices=["auto", *BACKENDS],
+                        help="runtime of --inference-model: auto (default: onnxruntime if DIR has model.onnx and "
+                             "onnxruntime is installed, else paddle), paddle (Paddle Inference) or onnxruntime")
     parser.add_argument("--topk", type=int, default=5, help="classes to print per image (default 5)")
     parser.add_argument("--class-names", help="lines '<id or wnid> <name>' or '<name>', in class order")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
@@ -44,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("-c CONFIG needs --load WEIGHTS")
     if args.override and args.config is None:
         parser.error("-o applies to -c CONFIG only")
+    if args.backend and args.inference_model is None:
+        parser.error("--backend applies to --inference-model DIR only")
     if args.topk < 1 or args.batch_size < 1 or args.threads < 0:
         parser.error("--topk and --batch-size must be >= 1, --threads >= 0")
     return args
@@ -83,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = set_cpu_threads(args.threads)
     paths = find_images(args.images)
     if args.inference_model:
-        predictor = InferencePredictor(args.inference_model, threads)
+        predictor = load_exported(args.inference_model, args.backend or "auto", threads)
     else:
         predictor = DygraphPredictor(args.config, args.load, args.override)
     names = resolve_class_names(predictor.num_classes, args.class_names, predictor.class_names)

@@ -28,7 +28,7 @@ from ..token_labels.pack import plan_pack, write_pack
 from ..token_labels.packing import pack_label_sample
 from ..token_labels.store import LABEL_FORMATS, PackedLabels
 from ..token_labels.targets import dense_token_targets, make_token_targets
-from .timing import format_number, format_table, machine, milliseconds, rates, repeat_timed
+from .timing import format_number, format_table, machine, milliseconds, rates, repeat_timed, verdict
 
 DEMO_CLASSES = 10
 # The builders agree to float32 round-off: the dense formulation's softmax over 1000 classes is itself
@@ -229,8 +229,9 @@ def checks(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def report(results: Mapping[str, Any]) -> str:
-    """The results as Markdown tables (medians with min-max over the repeats)."""
+def report(results: Mapping[str, Any], judged: bool = True) -> str:
+    """The results as Markdown tables (medians with min-max over the repeats); the checks against the targets
+    are left unjudged (``-``) when not ``judged``: tiny sizes measure nothing."""
     m, s = results["machine"], results["settings"]
     sections = [
         f"machine: {m['cpu']}, {m['cpus']} CPUs, load average {m['load_average'][0]} -> "
@@ -253,9 +254,10 @@ def report(results: Mapping[str, Any]) -> str:
                      [[r["classes_per_image"], r["classes_per_map"], r["dense_ms"]["median"], _spread(r["dense_ms"]),
                        r["fast_ms"]["median"], _spread(r["fast_ms"]), r["speedup"], f"{r['max_abs_diff']:.1e}"]
                       for r in results["targets"]]),
+        "checks against the targets" + ("" if judged else ": not judged (--quick: a smoke test at tiny sizes, "
+                                                          "not a measurement)"),
         format_table(["check", "value", "target", "met"],
-                     [[c["check"], c["shown"], c["target"], "yes" if c["met"] else "NO"]
-                      for c in results["checks"]]),
+                     [[c["check"], c["shown"], c["target"], verdict(c["met"], judged)] for c in results["checks"]]),
     ]
     return "\n\n".join(sections)
 

@@ -14,12 +14,19 @@ The eval forward is ``evaluate``'s: ``model.eval()``, ``paddle.no_grad()``, ``ev
 configured ``eval_backend`` (``auto``: oneDNN through Paddle Inference on the CPU; its one-off
 compilation falls in the warm-up) or the dygraph model under the AMP context.
 
+With ``deploy_backends``, the same model is also exported (``passl_tl.deploy.export_model``, with ONNX for
+``onnxruntime``) and its predictor on each runtime (``paddle``: Paddle Inference with oneDNN; ``onnxruntime``:
+ONNX Runtime's CPU provider) timed on the same batch, fp32, batched as ``tools/predict.py`` runs it, with the
+same thread count; its logits are compared with the dygraph model's.
+
 Each phase runs in a fresh subprocess (thread variables set before Paddle is imported), so the
 peak resident memory (``ru_maxrss``) of one phase does not mask the other's.
 """
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
+import importlib.util
 import json
 import os
 import resource
@@ -34,6 +41,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "lvvit", "lvvit_tiny.yaml")
 PRECISIONS = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
 PHASES = ("train", "eval")
+DEPLOY_BACKENDS = ("paddle", "onnxruntime")  # passl_tl.deploy.BACKENDS, each a phase run on the exported model
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 TRAIN_HOOKS = ("lr_scheduler",)  # the hooks a timed training step runs (from the config)
 # The issue's targets (official PyTorch LV-ViT-T, fp32, CPU, 2 threads, batch 16, 224 px).
@@ -56,12 +64,16 @@ class ModelSettings:
     config: str = DEFAULT_CONFIG    # training recipe: optimizer, target builder, hooks, AMP settings
     overrides: list[str] = field(default_factory=list)  # extra -o KEY=VALUE on that config
     subprocess: bool = True         # each phase in a fresh process (separate peak RSS)
+    deploy_backends: list[str] = field(default_factory=list)  # also time the exported model on these runtimes
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.threads < 1 or self.batch_size < 1 or self.repeats < 1 or self.warmup < 0:
             raise ValueError("need threads, batch_size, repeats >= 1 and warmup >= 0")
+        unknown = [b for b in self.deploy_backends if b not in DEPLOY_BACKENDS]
+        if unknown:
+            raise ValueError(f"deploy backends must be among {', '.join(DEPLOY_BACKENDS)}, got {', '.join(unknown)}")
 
 
 def run_model_benchmark(settings: ModelSettings) -> dict[str, Any]:
@@ -70,16 +82,39 @@ def run_model_benchmark(settings: ModelSettings) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine(), "settings": asdict(settings)}
     for phase in PHASES:
         results[phase] = _phase_in_subprocess(settings, phase) if settings.subprocess else run_phase(settings, phase)
+    if settings.deploy_backends:
+        results["export"], results["deploy"] = _deploy_phases(settings)
     results["machine"]["load_average_after"] = machine()["load_average"]
     results["checks"] = checks(results)
     return results
 
 
-def _phase_in_subprocess(settings: ModelSettings, phase: str) -> dict[str, Any]:
+def _deploy_phases(settings: ModelSettings) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The export phase, then one phase per deploy backend on the exported directory, each with the largest
+    difference of its logits from the dygraph model's."""
+    import numpy as np
+    with tempfile.TemporaryDirectory(prefix="passl_tl_bench_export_") as model_dir:
+        runs = {}
+        for phase in ("export", *settings.deploy_backends):
+            runs[phase] = (_phase_in_subprocess(settings, phase, model_dir) if settings.subprocess
+                           else run_deploy_phase(settings, phase, model_dir))
+        dygraph = np.load(_logits_file(model_dir, "export"))
+        for backend in settings.deploy_backends:
+            logits = np.load(_logits_file(model_dir, backend))
+            runs[backend]["max_abs_diff_vs_dygraph"] = float(np.abs(logits - dygraph).max())
+    return runs.pop("export"), runs
+
+
+def _logits_file(model_dir: str, phase: str) -> str:
+    return os.path.join(model_dir, f"benchmark_logits_{phase}.npy")
+
+
+def _phase_in_subprocess(settings: ModelSettings, phase: str, model_dir: str | None = None) -> dict[str, Any]:
     env = {**os.environ, **{name: str(settings.threads) for name in THREAD_VARIABLES}}
     with tempfile.TemporaryDirectory(prefix="passl_tl_bench_model_") as tmp:
         out = os.path.join(tmp, "phase.json")
-        command = [sys.executable, "-m", __name__, phase, json.dumps(asdict(settings)), out]
+        command = [sys.executable, "-m", __name__, phase, json.dumps(asdict(settings)), out,
+                   *([model_dir] if model_dir else [])]
         done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"the {phase} benchmark process failed ({done.returncode}):\n{done.stderr[-4000:]}")
@@ -87,21 +122,16 @@ def _phase_in_subprocess(settings: ModelSettings, phase: str) -> dict[str, Any]:
             return json.load(f)
 
 
-def run_phase(settings: ModelSettings, phase: str) -> dict[str, Any]:
-    """Time one phase in this process; ``peak_rss_mb`` is this process's peak so far."""
+def _model_and_batch(settings: ModelSettings) -> tuple[Any, Any, Any]:
+    """(config, model, synthetic image batch as NumPy) on the CPU with ``settings.threads``: the model is built
+    after seeding with the config's seed, so every phase gets the same weights."""
     import numpy as np
     import paddle
 
     from ..engine.run_config import load_run_config
-    from ..engine.eval_forward import eval_forward, resolve_eval_backend
-    from ..engine.trainer import amp_context_from
     from ..models import build_model
     from ..utils.threads import set_cpu_threads
-    from .data import synthetic_token_labels
-    from .timing import rates, summary
 
-    if phase not in PHASES:
-        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     paddle.set_device("cpu")
     set_cpu_threads(settings.threads)  # as tools/train.py applies the config's threads
     dtype = PRECISIONS[settings.precision]
@@ -113,8 +143,23 @@ def run_phase(settings: ModelSettings, phase: str) -> dict[str, Any]:
     paddle.seed(cfg["seed"])
     model = build_model(cfg)
     rng = np.random.default_rng(0)
-    images = paddle.to_tensor(rng.standard_normal((settings.batch_size, 3, settings.img_size, settings.img_size),
-                                                  dtype=np.float32))
+    batch = rng.standard_normal((settings.batch_size, 3, settings.img_size, settings.img_size), dtype=np.float32)
+    return cfg, model, batch
+
+
+def run_phase(settings: ModelSettings, phase: str) -> dict[str, Any]:
+    """Time one phase in this process; ``peak_rss_mb`` is this process's peak so far."""
+    import numpy as np
+    import paddle
+
+    from ..engine.eval_forward import eval_forward, resolve_eval_backend
+    from ..engine.trainer import amp_context_from
+    from .data import synthetic_token_labels
+
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+    cfg, model, batch = _model_and_batch(settings)
+    images = paddle.to_tensor(batch)
     amp_probe = _AmpProbe(model)
     if phase == "train":
         labels = paddle.to_tensor(synthetic_token_labels(settings.batch_size, settings.num_classes,
@@ -132,12 +177,58 @@ def run_phase(settings: ModelSettings, phase: str) -> dict[str, Any]:
 
         seconds = _repeat(forward, settings)
         extra = {"backend": resolve_eval_backend(cfg["eval_backend"], amp_context is not None)}
+    return {**_timings(seconds, settings), "threads": threads_in_effect(settings.threads),
+            "amp": amp_probe.report(cfg["amp"]),
+            "parameters": int(sum(int(np.prod(p.shape)) for p in model.parameters())), **extra}
+
+
+def run_deploy_phase(settings: ModelSettings, phase: str, model_dir: str) -> dict[str, Any]:
+    """``"export"``: the model the other phases build, exported to ``model_dir`` (with ONNX if ``onnxruntime`` is
+    among ``settings.deploy_backends``); a backend of ``DEPLOY_BACKENDS``: its predictor of ``model_dir`` timed on
+    the synthetic batch. Both save their logits of that batch next to the model (``_logits_file``)."""
+    import numpy as np
+    import paddle
+
+    from ..deploy import BACKENDS, Preprocessor, export_model, read_metadata
+
+    if phase == "export":
+        _, model, batch = _model_and_batch(settings)
+        start = time.perf_counter()
+        export_model(model, model_dir, Preprocessor([{"name": "ResizeCropPct", "size": settings.img_size},
+                                                     {"name": "Normalize"}], "the benchmark"),
+                     onnx="onnxruntime" in settings.deploy_backends)
+        seconds = time.perf_counter() - start
+        with paddle.no_grad():
+            np.save(_logits_file(model_dir, phase), model(paddle.to_tensor(batch)).numpy())
+        versions = {name: importlib.metadata.version(name) for name in ("paddle2onnx", "onnxruntime")
+                    if importlib.util.find_spec(name)}
+        return {"seconds": seconds, "onnx": read_metadata(model_dir)["onnx"], "versions": versions}
+    if phase not in DEPLOY_BACKENDS:
+        raise ValueError(f"phase must be export or one of {DEPLOY_BACKENDS}, got {phase!r}")
+    _, _, batch = _model_and_batch(settings)
+    predictor = BACKENDS[phase](model_dir, settings.threads)
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
+    seconds = _repeat(lambda: predictor(batch), settings)
+    cpu_per_wall = (_cpu_seconds() - cpu_start) / (time.perf_counter() - start)
+    np.save(_logits_file(model_dir, phase), predictor(batch))
+    # The predictor's own count: Paddle Inference sets it for each run and OpenMP's back to 1 after it; ONNX Runtime
+    # has its own pool. CPU seconds per wall second over the runs show the parallelism reached.
+    threads = {**threads_in_effect(settings.threads), "in_effect": predictor.threads, "cpu_per_wall": cpu_per_wall}
+    return {**_timings(seconds, settings), "threads": threads, "backend": phase}
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def _timings(seconds: list[float], settings: ModelSettings) -> dict[str, Any]:
+    """Images/s and seconds of the timed repeats, the warm-up seconds, and the peak RSS so far."""
+    from .timing import rates, summary
     timed = seconds[settings.warmup:]
     return {"images_per_s": rates(timed, settings.batch_size), "seconds": summary(timed),
             "warmup_seconds": seconds[:settings.warmup],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-            "threads": threads_in_effect(settings.threads), "amp": amp_probe.report(cfg["amp"]),
-            "parameters": int(sum(int(np.prod(p.shape)) for p in model.parameters())), **extra}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
 
 
 def _repeat(fn, settings: ModelSettings) -> list[float]:
@@ -243,7 +334,9 @@ def checks(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def report(results: Mapping[str, Any]) -> str:
-    from .timing import format_table
+    """The results as Markdown tables; the checks against the targets are judged only at the targets' settings
+    (never in a ``--quick`` smoke test)."""
+    from .timing import format_table, verdict
     m, s = results["machine"], results["settings"]
     rows = []
     for phase in PHASES:
@@ -266,11 +359,41 @@ def report(results: Mapping[str, Any]) -> str:
         f"last loss {train['loss']:.4f}",
         format_table(["phase", "images/s", "min-max", "ms/batch", "peak RSS MB", "threads", "precision"], rows),
     ]
-    check_rows = [[c["check"], _num(c["value"]), c["target"], "yes" if c["met"] else "NO"] for c in results["checks"]]
-    note = "" if results["checks"][0]["comparable"] else " (settings differ from the target's: not comparable)"
+    if "deploy" in results:
+        lines.append(deploy_report(results))
+    comparable = results["checks"][0]["comparable"]
+    check_rows = [[c["check"], _num(c["value"]), c["target"], verdict(c["met"], comparable)]
+                  for c in results["checks"]]
+    note = "" if comparable else ": not judged (the settings differ from these)"
     lines += [f"targets (official PyTorch, fp32, 2 threads, batch 16, 224 px, lvvit_tiny){note}",
               format_table(["check", "value", "target", "met"], check_rows)]
     return "\n\n".join(lines)
+
+
+RUNTIMES = {"paddle": "Paddle Inference (oneDNN)", "onnxruntime": "ONNX Runtime (CPU)"}
+
+
+def deploy_report(results: Mapping[str, Any]) -> str:
+    """The exported model's eval on each runtime: a table, and which is faster by how much."""
+    from .timing import format_table
+    s, export, deploy = results["settings"], results["export"], results["deploy"]
+    rows = [[RUNTIMES[name], r["images_per_s"]["median"],
+             f"{_num(r['images_per_s']['min'])}-{_num(r['images_per_s']['max'])}", 1000.0 * r["seconds"]["median"],
+             r["peak_rss_mb"], str(r["threads"]["in_effect"]), r["threads"]["cpu_per_wall"],
+             f"{r['max_abs_diff_vs_dygraph']:.1e}"]
+            for name, r in deploy.items()]
+    onnx = f", ONNX opset {export['onnx']['opset']}" if export["onnx"] else ""
+    versions = "".join(f", {name} {version}" for name, version in export["versions"].items())
+    text = (f"exported model (fp32{onnx}{versions}; export {export['seconds']:.1f} s): predictor on batches of "
+            f"{s['batch_size']}, {s['threads']} threads, each runtime in "
+            f"{'a fresh process' if s['subprocess'] else 'this process'}\n\n"
+            + format_table(["runtime", "images/s", "min-max", "ms/batch", "peak RSS MB", "threads",
+                            "CPU s / wall s", "max abs logit diff vs dygraph"], rows))
+    if len(deploy) > 1:
+        ranked = sorted(deploy, key=lambda name: -deploy[name]["images_per_s"]["median"])
+        ratio = deploy[ranked[0]]["images_per_s"]["median"] / deploy[ranked[1]]["images_per_s"]["median"]
+        text += f"\n\nfaster: {RUNTIMES[ranked[0]]}, {ratio:.2f}x {RUNTIMES[ranked[1]]}'s images/s (medians)"
+    return text
 
 
 def _num(value: float) -> str:
@@ -278,8 +401,9 @@ def _num(value: float) -> str:
     return format_number(float(value))
 
 
-if __name__ == "__main__":  # python -m passl_tl.benchmarks.model PHASE SETTINGS_JSON OUT
+if __name__ == "__main__":  # python -m passl_tl.benchmarks.model PHASE SETTINGS_JSON OUT [MODEL_DIR]
     _phase, _settings, _out = sys.argv[1:4]
-    _result = run_phase(ModelSettings(**json.loads(_settings)), _phase)
+    _result = (run_phase(ModelSettings(**json.loads(_settings)), _phase) if len(sys.argv) == 4
+               else run_deploy_phase(ModelSettings(**json.loads(_settings)), _phase, sys.argv[4]))
     with open(_out, "w", encoding="utf-8") as _f:
         json.dump(_result, _f)

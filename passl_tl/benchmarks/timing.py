@@ -58,6 +58,11 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     return "\n".join("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in lines)
 
 
+def verdict(met: bool, judged: bool) -> str:
+    """A check's ``met`` cell: ``yes`` or ``NO``, or ``-`` where the run cannot tell (a ``--quick`` smoke test)."""
+    return ("yes" if met else "NO") if judged else "-"
+
+
 def format_number(value: float) -> str:
     """3 significant digits, but never fewer than the integer digits."""
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"

@@ -1,4 +1,4 @@
-"""Export an eval-mode model to a Paddle inference model plus the metadata inference needs."""
+"""Export an eval-mode model to a Paddle inference model (and optionally ONNX) plus the metadata inference needs."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,7 @@ import paddle
 import paddle.nn as nn
 
 from ..utils.inference import INPUT_NAME, save_program
+from . import onnx_model
 from .preprocess import Preprocessor
 
 MODEL_PREFIX = "inference"
@@ -19,12 +20,16 @@ _REQUIRED = ("format", "version", "model_file", "params_file", "num_classes", "t
 
 
 def export_model(model: nn.Layer, out_dir: str, preprocess: Preprocessor,
-                 class_names: Sequence[str] | None = None, source: dict[str, str] | None = None) -> list[str]:
+                 class_names: Sequence[str] | None = None, source: dict[str, str] | None = None,
+                 onnx: bool = False) -> list[str]:
     """Save ``model``'s eval forward (logits) for inputs ``[N, 3, H, W]`` float32, H×W being what
     ``preprocess`` produces, as ``out_dir/inference.*`` and write ``out_dir/inference_meta.json``.
+    ``onnx``: also ``out_dir/model.onnx``, converted from that program and checked (``onnx.write_onnx``).
 
     ``model`` stays a dygraph model (see ``save_program``). Returns the written paths.
     """
+    if onnx:
+        onnx_model.require_packages()
     height, width = preprocess.output_size()
     model.eval()
     with paddle.no_grad():
@@ -40,6 +45,7 @@ def export_model(model: nn.Layer, out_dir: str, preprocess: Preprocessor,
         raise ValueError(f"{len(class_names)} class names given for a model of {num_classes} classes")
     os.makedirs(out_dir, exist_ok=True)
     program, params = save_program(model, os.path.join(out_dir, MODEL_PREFIX), [None, 3, height, width])
+    onnx_entry = onnx_model.write_onnx(model, program, params, out_dir, height, width) if onnx else None
     metadata = {
         "format": FORMAT,
         "version": VERSION,
@@ -53,12 +59,14 @@ def export_model(model: nn.Layer, out_dir: str, preprocess: Preprocessor,
         "transforms": preprocess.specs,
         "class_names": list(class_names) if class_names is not None else None,
         "source": dict(source or {}),
+        "onnx": onnx_entry,
     }
     meta_path = os.path.join(out_dir, METADATA_FILE)
     with open(meta_path, "w", encoding="utf-8") as f:
         json.dump(metadata, f, indent=2, ensure_ascii=False)
         f.write("\n")
-    return [os.path.join(out_dir, metadata[k]) for k in ("model_file", "params_file")] + [meta_path]
+    files = [metadata["model_file"], metadata["params_file"]] + ([onnx_entry["file"]] if onnx_entry else [])
+    return [os.path.join(out_dir, name) for name in files] + [meta_path]
 
 
 def read_metadata(model_dir: str) -> dict[str, Any]:
@@ -79,7 +87,10 @@ def read_metadata(model_dir: str) -> dict[str, Any]:
     names = meta["class_names"]
     if names is not None and len(names) != meta["num_classes"]:
         raise ValueError(f"{path}: 'class_names' has {len(names)} entries but 'num_classes' is {meta['num_classes']}")
-    for key in ("model_file", "params_file"):
-        if not os.path.isfile(os.path.join(model_dir, meta[key])):
-            raise FileNotFoundError(f"{os.path.join(model_dir, meta[key])} (the '{key}' of {path}) does not exist")
+    files = {key: meta[key] for key in ("model_file", "params_file")}
+    if meta.get("onnx"):
+        files["onnx.file"] = meta["onnx"]["file"]
+    for key, name in files.items():
+        if not os.path.isfile(os.path.join(model_dir, name)):
+            raise FileNotFoundError(f"{os.path.join(model_dir, name)} (the '{key}' of {path}) does not exist")
     return meta

@@ -67,15 +67,22 @@ def test_report_tables(quick, capsys):
                    "| check "):
         assert header in text
     assert text.count("\n| ") >= 6 + 4 + 2 + 8  # a row per measurement and check
-    assert "yes" in text or "NO" in text
+    verdicts = [line.rsplit("|", 2)[1].strip() for line in text.splitlines() if line.startswith("| token-label")]
+    assert len(verdicts) == 4 and set(verdicts) <= {"yes", "NO"}
+    unjudged = benchmark_data.report(results, judged=False)
+    assert "checks against the targets: not judged (--quick: a smoke test" in unjudged
+    assert [line.rsplit("|", 2)[1].strip() for line in unjudged.splitlines() if line.startswith("| token-label")] \
+        == ["-"] * 4
 
 
-def test_data_dir_is_reused(quick, tmp_path):
+def test_data_dir_is_reused(quick, tmp_path, capsys):
     _, _, argv = quick
     data_dir = argv[argv.index("--data-dir") + 1]
     before = sorted(os.listdir(data_dir))
     benchmark.main(["data", "--quick", "-c", DEMO_CONFIG, "--data-dir", data_dir, "--classes-per-image", "5"])
     assert sorted(os.listdir(data_dir)) == before
+    printed = capsys.readouterr().out  # --quick: the checks are not judged, so no failure shows
+    assert "checks against the targets: not judged" in printed and " NO " not in printed
 
 
 def test_different_targets_are_refused(monkeypatch):
@@ -154,7 +161,10 @@ def test_model_report_tables(quick_model):
     text = benchmark_model.report(results)
     for heading in ("machine:", "model:", "train step:", "| phase ", "| images/s | min-max", "| check "):
         assert heading in text
-    assert "| train " in text and "| eval (onednn) " in text and "not comparable" in text
+    assert "| train " in text and "| eval (onednn) " in text
+    assert "lvvit_tiny): not judged (the settings differ from these)" in text  # --quick: batch 2 at 64 px
+    checks = [line for line in text.splitlines() if line.startswith(("| train_images", "| eval_images", "| peak_rss"))]
+    assert len(checks) == 3 and all(line.rstrip(" |").endswith("| -") for line in checks)
 
 
 def test_model_train_step_is_the_trainers(monkeypatch):
@@ -201,3 +211,38 @@ def test_model_benchmark_takes_volo():
     assert box is None or (0 <= box[0] < box[2] <= rows and 0 <= box[1] < box[3] <= cols)
     assert results["eval"]["backend"] == "onednn"
     assert all(results[phase]["images_per_s"]["median"] > 0 for phase in ("train", "eval"))
+
+
+# ----------------------------------------------------------------------------- exported model on each runtime
+import re  # noqa: E402
+
+from passl_tl.deploy.onnx_model import missing_packages  # noqa: E402
+
+
+@pytest.mark.skipif(bool(missing_packages()), reason="paddle2onnx or onnxruntime not installed: pip install -e "
+                                                      "\".[onnx]\" (the test extra has them)")
+def test_model_deploy_backends_time_one_export_on_both_runtimes():
+    """--deploy-backends: the model of the other phases exported once (with ONNX), its predictor timed on Paddle
+    Inference and on ONNX Runtime in fresh processes with the requested threads; both give its logits."""
+    results = benchmark.main(["model", "--quick", "--threads", "1", "--deploy-backends", "paddle", "onnxruntime"])
+    assert results["settings"]["deploy_backends"] == ["paddle", "onnxruntime"]
+    assert results["export"]["onnx"]["opset"] == 17 and results["export"]["seconds"] > 0
+    assert set(results["export"]["versions"]) == {"paddle2onnx", "onnxruntime"}
+    assert list(results["deploy"]) == ["paddle", "onnxruntime"]
+    for backend, run in results["deploy"].items():
+        assert run["backend"] == backend
+        assert set(run["images_per_s"]) == set(run["seconds"]) == STATS and run["images_per_s"]["median"] > 0
+        assert len(run["warmup_seconds"]) == results["settings"]["warmup"] and run["peak_rss_mb"] > 0
+        assert run["threads"]["requested"] == 1 and run["threads"]["in_effect"] == 1
+        assert 0 < run["threads"]["cpu_per_wall"] < 2  # one thread computing, give or take helpers
+        assert 0 <= run["max_abs_diff_vs_dygraph"] < 1e-5
+    text = benchmark_model.report(results)
+    assert "| Paddle Inference (oneDNN) " in text and "| ONNX Runtime (CPU) " in text
+    assert re.search(r"faster: (ONNX Runtime \(CPU\)|Paddle Inference \(oneDNN\)), \d+\.\d\dx ", text)
+
+
+def test_model_deploy_backends_are_checked():
+    with pytest.raises(ValueError, match="deploy backends must be among paddle, onnxruntime, got tensorrt"):
+        benchmark_model.ModelSettings(deploy_backends=["tensorrt"])
+    with pytest.raises(SystemExit):
+        benchmark.main(["model", "--deploy-backends", "tensorrt"])

@@ -15,7 +15,7 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
-from paddle import Tensor, _C_ops
+from paddle import Tensor
 
 from ...token_labels.mixtoken import mix_map
 from ...utils.registry import BACKBONES, MODELS, ConfigError, PositiveFloat, PositiveInt, Rate
@@ -71,10 +71,18 @@ class OutlookAttention(nn.Layer):
 
 
 def fold(x: Tensor, output_size: list[int], kernel: int, stride: int, padding: int) -> Tensor:
-    """``F.fold`` (square kernel, stride, padding) through its op: ``F.fold`` asserts every dimension of ``x`` is
-    known, which a program exported for any batch size (batch -1) fails; the op takes it, and is what ``F.fold``
-    runs in dygraph and PIR."""
-    return _C_ops.fold(x, output_size, [kernel] * 2, [stride] * 2, [padding] * 4, [1, 1])
+    """``F.fold`` (square kernel, stride, padding) as a transposed convolution with one-hot kernels, groups of
+    ``k²`` column channels each scattering to one output channel: paddle2onnx has no ``fold`` (and ``F.fold``
+    asserts a known batch size, which an export for any batch fails). Each product has one non-zero term and
+    the overlaps are summed in ``fold``'s order, so on the CPU the result and its gradient are ``fold``'s bit
+    for bit."""
+    window = kernel * kernel
+    channels = x.shape[1] // window
+    rows, cols = ((side + 2 * padding - kernel) // stride + 1 for side in output_size)
+    one_hot = paddle.to_tensor(np.tile(np.eye(window).reshape([window, 1, kernel, kernel]), [channels, 1, 1, 1]),
+                               dtype=x.dtype)
+    return F.conv2d_transpose(x.reshape([0, 0, rows, cols]), one_hot, stride=stride, padding=padding, groups=channels,
+                              output_padding=[(side + 2 * padding - kernel) % stride for side in output_size])
 
 
 class Downsample(nn.Layer):
