@@ -1,4 +1,5 @@
 """tools/convert_weights.py: official LV-ViT checkpoints (any layout) -> .pdparams, without PyTorch."""
+import json
 import os
 import subprocess
 import sys
@@ -273,14 +274,14 @@ def test_volo_converts_to_the_official_logits(tmp_path, capsys, case):
     comes from the [1, rows, cols, C] pos_embed and the converted weights give the official logits."""
     ref = load_npz(f"{case}.npz")
     src = fixture_path(f"{case}.pth")
-    shape = ["-o", "layers=[1,1,1,1]", "embed_dims=[64,128,128,128]", "num_heads=[2,4,4,4]"]
+    kwargs = json.loads(str(ref["meta"]))["constructor_kwargs"]  # the fixture's own architecture
+    arch = {k: kwargs[k] for k in ("layers", "embed_dims", "num_heads")}
+    shape = ["-o", *(f"{k}={json.dumps(v)}" for k, v in arch.items())]
     with pytest.raises(ConfigError, match=r"matches several presets \(volo_d1, volo_d2, volo_d3, volo_d4\)"):
         convert(tmp_path, src, *shape)
     dst = convert(tmp_path, src, "--model", "volo_d1", *shape)
-    size = ref["x"].shape[-1]
     assert capsys.readouterr().out.splitlines()[1].startswith("model: volo_d1(")
-    model = create_model("volo_d1", layers=[1] * 4, embed_dims=[64, 128, 128, 128], num_heads=[2, 4, 4, 4],
-                         img_size=size, num_classes=10)
+    model = create_model("volo_d1", **arch, img_size=kwargs["img_size"], num_classes=kwargs["num_classes"])
     load_weights(model, dst)
     model.eval()
     np.testing.assert_allclose(model(paddle.to_tensor(ref["x"])).numpy(), ref["eval/out"], atol=1e-5)
