@@ -13,6 +13,8 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
+from ..utils.errors import MissingExtra
+
 ONNX_FILE = "model.onnx"
 OPSET = 17  # ONNX Runtime >= 1.13; the first opset with LayerNormalization, which paddle2onnx then emits
 PACKAGES = ("paddle2onnx", "onnxruntime")
@@ -37,10 +39,10 @@ def missing_packages(names: Sequence[str] = PACKAGES) -> list[str]:
 
 
 def require_packages(names: Sequence[str] = PACKAGES, what: str = "ONNX export") -> None:
-    """An ImportError naming the extra to install unless the packages ``names`` are installed."""
+    """``MissingExtra`` naming the extra to install unless the packages ``names`` are installed."""
     missing = missing_packages(names)
     if missing:
-        raise ImportError(f"{what} needs {' and '.join(missing)}: pip install -e \".[onnx]\"")
+        raise MissingExtra(f"{what} needs {' and '.join(missing)}: pip install -e \".[onnx]\"")
 
 
 def convert(program: str, params: str, out: str, opset: int = OPSET) -> None:

@@ -12,11 +12,12 @@ import zipfile
 from typing import Any, Callable, NoReturn
 
 from .dist import end_without_report, report_failure
-from .errors import PREEMPTED_EXIT_CODE, Preempted, TrainingStopped
+from .errors import PREEMPTED_EXIT_CODE, MissingExtra, Preempted, TrainingStopped
 from .registry import ConfigError
 
-# Errors that mean bad input (a config, a path, a file's content): reported in one line.
-INPUT_ERRORS = (ConfigError, ValueError, OSError, pickle.UnpicklingError, zipfile.BadZipFile)
+# Errors that mean bad input (a config, a path, a file's content) or a missing optional package: reported in one
+# line. Other ImportErrors keep their traceback: they are bugs.
+INPUT_ERRORS = (ConfigError, ValueError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, MissingExtra)
 EXIT_GRACE_S = 20.0  # the longest the interpreter's shutdown may take once a tool's main() has ended
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what a shell shows for a program ended by Ctrl-C
 # Paddle turns an exception raised in a PyLayer's backward into an OSError quoting it, KeyboardInterrupt included

@@ -11,3 +11,7 @@ PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: a temporary failure, to be retried (her
 class Preempted(RuntimeError):
     """The run stopped on a signal (SIGTERM, SIGINT) after saving its state; the message says where and how to
     continue."""
+
+
+class MissingExtra(ImportError):
+    """An optional dependency is not installed; the message names the ``pip install`` extra that provides it."""

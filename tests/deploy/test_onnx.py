@@ -18,9 +18,10 @@ from passl_tl.models import create_model, load_weights
 from passl_tl.models.backbones.volo import fold
 from passl_tl.utils.inference import save_program
 
-from tests.conftest import close, fixture_path, import_tool, load_npz
+from tests.conftest import TOOLS_DIR, close, fixture_path, import_tool, load_npz
 from tests.deploy.test_deploy import MODEL, NUM_CLASSES, write_config
 from tests.engine.test_eval_forward import FAMILIES as ONEDNN_FAMILIES
+from tests.utils.test_quiet_output import run_python
 
 MISSING = onnx_model.missing_packages()
 needs_onnx = pytest.mark.skipif(bool(MISSING), reason=f"{' and '.join(MISSING)} not installed: "
@@ -145,6 +146,20 @@ def test_export_without_the_packages_names_the_extra(tiny, monkeypatch):
     assert not out.exists()  # asked before anything is written
     with pytest.raises(ImportError, match="ONNX inference needs onnxruntime"):
         onnx_model.create_session(str(out / "model.onnx"), 1)
+
+
+def test_the_export_tool_without_the_packages_prints_one_line(tiny):
+    """Run as a user runs it: the missing extra is one line on stderr and exit code 2, not a traceback."""
+    out = tiny["base"] / "never_either"
+    run = run_python(f"""
+        import runpy, sys
+        sys.argv = ["export_model.py", *{[*tiny["args"], "--out", str(out), "--onnx"]!r}]
+        sys.modules["paddle2onnx"] = None  # not installed, as far as imports can tell
+        runpy.run_path({os.path.join(TOOLS_DIR, "export_model.py")!r}, run_name="__main__")
+    """)
+    assert (run.returncode, run.stdout) == (2, "")
+    assert run.stderr == 'error: ONNX export needs paddle2onnx: pip install -e ".[onnx]"\n'
+    assert not out.exists()
 
 
 class Fold(nn.Layer):
