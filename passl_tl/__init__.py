@@ -1,7 +1,8 @@
 """passl_tl: vision transformers trained with token labeling (LV-ViT) on PaddlePaddle.
 
-Importing it before Paddle (the tools do) checks that Paddle is installed and silences a warning of Paddle's
-import that a user of this package cannot act on."""
+Importing it before Paddle (the tools do) checks that Paddle is installed, silences a warning of Paddle's
+import that a user of this package cannot act on, and on AMD CPUs selects the AVX2 code path of Paddle's MKL
+(``utils.mkl_code_path``)."""
 import importlib.util
 import os
 import sys
@@ -13,6 +14,11 @@ PADDLE_MISSING = ("passl_tl needs PaddlePaddle: pip install -e '.[cpu]' (CPU) or
                   "(see README)")
 _TOOLS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 _MODEL_API = ("build_model", "create_model", "load_weights")
+
+
+def _select_mkl_code_path() -> None:
+    from .utils.mkl_code_path import select_mkl_code_path  # (imports nothing of Paddle)
+    select_mkl_code_path()
 
 
 def _ignore_unactionable_warnings() -> None:
@@ -36,6 +42,7 @@ def _require_paddle() -> None:
 
 _ignore_unactionable_warnings()
 _require_paddle()
+_select_mkl_code_path()
 
 
 def __getattr__(name: str):

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import paddle
 import pytest
+
+import passl_tl  # noqa: F401  (first, as the tools: selects MKL's code path before any kernel runs)
+import paddle  # noqa: E402
 
 FIXTURES_ENV = "PASSL_TL_FIXTURES"
 REQUIRE_ENV = "PASSL_TL_REQUIRE_FIXTURES"  # set by .ci/run: a missing fixture fails instead of skipping

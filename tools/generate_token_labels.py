@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 
 import passl_tl  # noqa: F401  (before Paddle: names a missing install in one line, quiets its import)
-import paddle
 
 from passl_tl import build_model, load_weights
 from passl_tl.datasets.imagenet_token_label import ImageNetTokenLabel
 from passl_tl.engine.data import reader_errors_raised
-from passl_tl.engine.run_config import choose_device, load_run_config
+from passl_tl.engine.run_config import apply_device, load_run_config
 from passl_tl.token_labels.generation import LabelingResult, eval_transform_specs, generate_token_labels
 from passl_tl.utils.cli import add_config_arguments, run_tool
 from passl_tl.utils.dist import init_distributed, is_main
@@ -69,7 +68,7 @@ def teacher_accuracy(result: LabelingResult, data_classes: int, teacher_classes:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = load_run_config(args.config, args.override)
-    paddle.set_device(choose_device(cfg))
+    apply_device(cfg)  # the device, its CPU threads (the config's threads key)
     init_distributed()
     logger = setup_logger()
     transforms = eval_transform_specs(cfg, args.img_size, args.crop_pct)

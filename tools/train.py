@@ -18,7 +18,7 @@ from passl_tl import build_model, load_weights
 from passl_tl.engine import Trainer, evaluate, seed_everything
 from passl_tl.engine.data import build_dataset, build_loader, check_data_matches_model
 from passl_tl.engine.eval_forward import resolve_eval_backend
-from passl_tl.engine.run_config import choose_device, load_run_config
+from passl_tl.engine.run_config import apply_device, load_run_config
 from passl_tl.engine.run_lock import RECORD, OutputDirLock, check_new_run, finished_checkpoint
 from passl_tl.engine.trainer import amp_context_from, build_lr_scheduler
 from passl_tl.utils.cli import add_config_arguments, run_tool
@@ -27,7 +27,6 @@ from passl_tl.utils.dist import broadcast_text, end_without_report, init_distrib
 from passl_tl.utils.errors import Preempted
 from passl_tl.utils.logger import setup_logger
 from passl_tl.utils.run_info import write_run_info
-from passl_tl.utils.threads import set_cpu_threads
 
 FINISHED_KEY = "passl_tl/output_dir/finished"  # rank 0 sends what it found (utils.dist.broadcast_text)
 
@@ -76,9 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_run_config(args.config, [*args.override, *seed])
     Trainer.check_config(cfg, args.evaluate_only)
     amp_context = amp_context_from(cfg["amp"])  # validates the amp section before any heavy work
-    paddle.set_device(choose_device(cfg))
+    apply_device(cfg)
     resolve_eval_backend(cfg["eval_backend"], amp_context is not None)
-    set_cpu_threads(cfg["threads"])
     init_distributed()
     logger = setup_logger(None)
     if args.evaluate_only:

@@ -128,18 +128,16 @@ def _model_and_batch(settings: ModelSettings) -> tuple[Any, Any, Any]:
     import numpy as np
     import paddle
 
-    from ..engine.run_config import load_run_config
+    from ..engine.run_config import apply_device, load_run_config
     from ..models import build_model
-    from ..utils.threads import set_cpu_threads
 
-    paddle.set_device("cpu")
-    set_cpu_threads(settings.threads)  # as tools/train.py applies the config's threads
     dtype = PRECISIONS[settings.precision]
     amp = [f"amp.enable={dtype is not None}"] + ([f"amp.dtype={dtype}"] if dtype else [])
     cfg = load_run_config(settings.config, [f"model.name={settings.model}", f"model.img_size={settings.img_size}",
                                             f"model.num_classes={settings.num_classes}",
-                                            f"eval_backend={settings.eval_backend}", "device=cpu", *amp,
-                                            *settings.overrides])
+                                            f"eval_backend={settings.eval_backend}", "device=cpu",
+                                            f"threads={settings.threads}", *amp, *settings.overrides])
+    apply_device(cfg)  # as tools/train.py: the CPU, its threads, freed memory kept
     paddle.seed(cfg["seed"])
     model = build_model(cfg)
     rng = np.random.default_rng(0)

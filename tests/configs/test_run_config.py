@@ -7,7 +7,8 @@ import pytest
 
 from passl_tl.datasets.demo import make_demo_dataset
 from passl_tl.deploy.class_names import read_class_names
-from passl_tl.engine.run_config import choose_device, load_run_config
+from passl_tl.engine import run_config
+from passl_tl.engine.run_config import apply_device, choose_device, load_run_config
 from passl_tl.utils.registry import ConfigError
 
 from tests.conftest import DEMO_CONFIG, REPO_ROOT
@@ -34,6 +35,17 @@ def test_a_device_that_exists_is_kept_silently(monkeypatch, caplog, cuda, config
     with caplog.at_level(logging.WARNING, "passl_tl"):
         assert choose_device(cfg) == device == cfg["device"]
     assert not caplog.records
+
+
+@pytest.mark.parametrize("device, kept", [("cpu", True), ("gpu", False)])
+def test_apply_device_sets_threads_and_keeps_freed_memory_on_the_cpu(monkeypatch, device, kept):
+    calls = []
+    monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: True)
+    monkeypatch.setattr(paddle, "set_device", lambda d: calls.append(("device", d)))
+    monkeypatch.setattr(run_config, "set_cpu_threads", lambda n: calls.append(("threads", n)))
+    monkeypatch.setattr(run_config, "keep_freed_memory", lambda: calls.append(("kept",)))
+    assert apply_device(load_run_config(DEMO_CONFIG, [f"device={device}", "threads=3"])) == device
+    assert calls == [("device", device), ("threads", 3)] + ([("kept",)] if kept else [])
 
 
 def test_the_demo_config_names_the_classes_of_the_demo_data(tmp_path):
