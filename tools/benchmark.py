@@ -5,6 +5,7 @@
                                     [--precision fp32|bf16|fp16] [--eval-backend auto|dygraph|onednn]
                                     [--warmup 2] [--repeats 10] [--json OUT] [--quick]
                                     [--deploy-backends paddle onnxruntime]
+                                    [--official-repo DIR --official-python PYTHON --pairs 3]
 
 data: images/s of the training loader (the config's training transforms on synthetic demo images)
 without token labels, with per-file labels and with packed labels, at 0 and N workers; label
@@ -17,9 +18,14 @@ model: images/s of the full training step, run by the trainer itself (Trainer.tr
 repeating one synthetic batch: token targets, MixToken box, forward, loss, backward, AdamW step) and
 of the eval forward (no_grad; --eval-backend as the config key eval_backend), each in a fresh
 process with the thread count set before Paddle loads; median and min-max over --repeats after
---warmup, peak resident memory of each process, the threads and AMP precision actually in effect,
-and the checks against the targets (judged at the targets' settings only). --quick: tiny sizes, a
-smoke test of the tool.
+--warmup, peak resident memory of each process, the threads and AMP precision actually in effect.
+The targets are ratios to the official code on the same machine (--official-repo below). --quick: tiny
+sizes, a smoke test of the tool.
+
+model --official-repo DIR: the same phases next to the official PyTorch code of a zihangJiang/TokenLabeling
+checkout, run by --official-python (torch, torchvision, timm), in --pairs interleaved pairs of fresh processes
+whose order alternates, the load average recorded at each start; a table of both sides and the ratio, and the
+checks (ours / official images/s >= 0.6 training, >= 1.0 eval; our training peak memory at most the official's).
 
 model --deploy-backends paddle onnxruntime: also export the same model (tools/export_model.py's export, with
 ONNX for onnxruntime) and time its predictor on each runtime, as tools/predict.py runs it: Paddle Inference
@@ -47,7 +53,7 @@ SIZE_OPTIONS = ("images", "image_size", "batch_size", "workers", "repeats", "war
 QUICK = dict(images=16, image_size=64, batch_size=4, workers=1, repeats=1, warmup=0, target_batch=4,
              classes_per_image=[8])
 MODEL_OPTIONS = ("model", "batch_size", "img_size", "threads", "precision", "eval_backend", "warmup", "repeats",
-                 "num_classes", "classes_per_image", "deploy_backends")
+                 "num_classes", "classes_per_image", "deploy_backends", "official_repo", "official_python", "pairs")
 QUICK_HELP = "tiny sizes: a smoke test of the tool, not a measurement (the checks are not judged)"
 MODEL_QUICK = dict(batch_size=2, img_size=64, warmup=1, repeats=2, num_classes=10, classes_per_image=8)
 
@@ -89,6 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--deploy-backends", nargs="+", choices=list(benchmark_model.DEPLOY_BACKENDS),
                        help="also time the exported model (fp32, batched) on these runtimes: paddle (Paddle "
                             "Inference, oneDNN), onnxruntime (ONNX Runtime; needs pip install -e \".[onnx]\")")
+    model.add_argument("--official-repo", metavar="DIR",
+                       help="a zihangJiang/TokenLabeling checkout: time the official PyTorch step and eval forward "
+                            "side by side (interleaved pairs) and judge the ratios against the targets")
+    model.add_argument("--official-python", metavar="PYTHON",
+                       help="an interpreter with torch, torchvision and timm for --official-repo (default: this one)")
+    model.add_argument("--pairs", type=int, help=f"(ours, official) pairs per phase (default {mdefaults.pairs})")
     model.add_argument("--warmup", type=int, help=f"untimed steps first (default {mdefaults.warmup})")
     model.add_argument("--repeats", type=int, help=f"timed steps (default {mdefaults.repeats})")
     model.add_argument("--num-classes", type=int, help=f"classes (default {mdefaults.num_classes})")

@@ -7,7 +7,8 @@ passl_tl, and imports the model and loss from a checkout of zihangJiang/TokenLab
 CPU: forward in train mode (MixToken box drawn by the model), ``TokenLabelCrossEntropy``, ``zero_grad``,
 ``backward``, the AdamW step of timm's ``create_optimizer_v2``. The dense target ``[B, classes, 2 + tokens]``
 is built once before (the official loader builds it, with torchvision's ``roi_align``); our timed step builds
-its targets every iteration, so the comparison is, if anything, tilted against us.
+its targets every iteration, so the comparison is, if anything, tilted against us. The eval phase is the
+official ``validate``'s forward: eval mode, ``no_grad``, the whole batch at once.
 
     python official_step.py SETTINGS_JSON OUT_JSON
 """
@@ -39,25 +40,35 @@ def main(settings: dict, out: str) -> None:
     batch, size, classes = settings["batch_size"], settings["img_size"], settings["num_classes"]
     model = getattr(lvvit, OFFICIAL_PRESETS[settings["model"]])(num_classes=classes, img_size=size,
                                                                 drop_path_rate=0.1)
-    model.train()
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=1.6e-3, weight_decay=0.05)
-    loss_fn = TokenLabelCrossEntropy(dense_weight=1.0, cls_weight=1.0, classes=classes)
     generator = np.random.default_rng(0)
     images = torch.from_numpy(generator.standard_normal((batch, 3, size, size), dtype=np.float32))
-    tokens = (size // PATCH) ** 2
-    target = torch.softmax(torch.from_numpy(generator.standard_normal((batch, classes, 2 + tokens),
-                                                                      dtype=np.float32)), dim=1)
-    seconds, losses = [], []
+    if settings["phase"] == "train":
+        model.train()
+        optimizer = create_optimizer_v2(model, opt="adamw", lr=1.6e-3, weight_decay=0.05)
+        loss_fn = TokenLabelCrossEntropy(dense_weight=1.0, cls_weight=1.0, classes=classes)
+        target = torch.softmax(torch.from_numpy(generator.standard_normal(
+            (batch, classes, 2 + (size // PATCH) ** 2), dtype=np.float32)), dim=1)
+
+        def step() -> float:
+            loss = loss_fn(model(images), target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            return loss.item()
+    else:
+        model.eval()
+
+        @torch.no_grad()
+        def step() -> float:
+            return float(model(images).sum())
+    seconds, values = [], []
     for _ in range(settings["warmup"] + settings["repeats"]):
         start = time.perf_counter()
-        loss = loss_fn(model(images), target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        values.append(step())
         seconds.append(time.perf_counter() - start)
-        losses.append(loss.item())
     with open(out, "w", encoding="utf-8") as f:
-        json.dump({"seconds": seconds, "losses": losses, "torch": torch.__version__,
+        json.dump({"seconds": seconds, "losses" if settings["phase"] == "train" else "logit_sums": values,
+                   "torch": torch.__version__,
                    "threads": torch.get_num_threads(), "official_model": OFFICIAL_PRESETS[settings["model"]],
                    "parameters": sum(p.numel() for p in model.parameters()),
                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
