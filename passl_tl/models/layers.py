@@ -169,12 +169,17 @@ class Attention(nn.Layer):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The heads live transposed, ``[B, heads, head_dim, N]``: one 3-d transpose of the projection replaces
+        the 5-d permutation to ``[3, B, heads, N, head_dim]`` and the 4-d one back, whose strided copies
+        (forward and backward) Paddle's CPU kernels run ~3x slower than PyTorch's; the matmuls take the
+        transposed operands as they are, and the output projection reads the transposed heads directly."""
         B, N, _ = x.shape
-        q, k, v = lean_backward.qkv_heads(self.qkv(x), self.num_heads, self.head_dim, self.training)
-        attn = F.softmax(paddle.matmul(q * self.scale, k, transpose_y=True), axis=-1)  # q * scale keeps no q
-        x = paddle.matmul(self.attn_drop(attn), v).transpose([0, 2, 1, 3]).reshape([B, N, -1])
-        x = self.proj_drop(self.proj(x))
-        return x + v.transpose([0, 2, 1, 3]).reshape([B, N, -1]) if self.value_skip else x
+        q, k, v = paddle.unbind(self.qkv(x).transpose([0, 2, 1]).reshape([B, 3, self.num_heads, self.head_dim, N]),
+                                axis=1)
+        attn = F.softmax(paddle.matmul(q * self.scale, k, transpose_x=True), axis=-1)  # q * scale keeps no q
+        heads = paddle.matmul(v, self.attn_drop(attn), transpose_y=True).reshape([B, -1, N])  # (attn @ vᵀ)ᵀ
+        x = self.proj_drop(paddle.matmul(heads, self.proj.weight, transpose_x=True) + self.proj.bias)
+        return x + v.reshape([B, -1, N]).transpose([0, 2, 1]) if self.value_skip else x
 
 
 class Block(nn.Layer):

@@ -49,19 +49,6 @@ def drop_path_add(residual: Tensor | None, branch: Tensor, mask: Tensor, keep: f
     return _DropPath.apply(branch, mask, keep, divisor, residual)
 
 
-def qkv_heads(qkv: Tensor, num_heads: int, head_dim: int, training: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """The projection ``[B, N, 3·heads·head_dim]`` as q, k, v ``[B, heads, N, head_dim]``.
-
-    One unbind (a single backward node) rather than three slices, each of whose backward writes a zero-filled
-    full-size qkv gradient. In training k and v become tensors of their own: as views of the whole projection,
-    which their matmuls' backward would keep, they would keep all of it rather than two thirds."""
-    B, N, _ = qkv.shape
-    q, k, v = paddle.unbind(qkv.reshape([B, N, 3, num_heads, head_dim]).transpose([2, 0, 3, 1, 4]), axis=0)
-    if training:
-        k, v = k.contiguous(), v.contiguous()
-    return q, k, v
-
-
 # ----------------------------------------------------------------------------- their backward
 
 class _BNReLUConv(PyLayer):
