@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 import paddle
 
-from ..utils.inference import create_cpu_predictor, onednn_available, run_predictor, save_program
+from ..utils.inference import TracedForwards, create_cpu_predictor, onednn_available, run_predictor, save_program
 from ..utils.registry import ConfigError
 from ..utils.threads import cpu_threads, set_cpu_threads
 
@@ -53,18 +53,22 @@ def resolve_eval_backend(backend: str, amp: bool) -> str:
 class OneDNNForward:
     """Calls ``model``'s eval forward through a Paddle Inference predictor with oneDNN, one image at a
     time (see the module docstring). The program is saved from the weights as they are at the first
-    call (for each image size met), so build one per evaluation. It uses the CPU thread count set by
-    ``set_cpu_threads``."""
+    call (for each image size met), so build one per evaluation; ``traced`` keeps the model's traced
+    program for the next evaluations (their saves only write it with the weights of the time, see
+    ``TracedForwards``). The predictor is compiled anew each evaluation: its IR passes fold the weights
+    into the program (conv+BN, fused matmuls), and Paddle Inference has no way to replace them. It uses the
+    CPU thread count set by ``set_cpu_threads``."""
 
-    def __init__(self, model: paddle.nn.Layer):
+    def __init__(self, model: paddle.nn.Layer, traced: TracedForwards | None = None):
         self.model = model
+        self.traced = traced
         self._predictors: dict[tuple[int, ...], object] = {}
 
     def __call__(self, images: paddle.Tensor) -> paddle.Tensor:
         key = tuple(images.shape[1:])
         if key not in self._predictors:
-            with tempfile.TemporaryDirectory(prefix="passl_tl_eval_") as tmp:
-                program, params = save_program(self.model, os.path.join(tmp, "model"), [1, *key])
+            with tempfile.TemporaryDirectory(prefix="passl_tl_eval_") as tmp:  # read when the predictor is created
+                program, params = save_program(self.model, os.path.join(tmp, "model"), [1, *key], self.traced)
                 self._predictors[key] = create_cpu_predictor(program, params, cpu_threads(), onednn=True)
         batch = images.numpy()
         try:
@@ -81,11 +85,12 @@ def one_image_at_a_time(forward: Forward) -> Forward:
     return run
 
 
-def eval_forward(model: paddle.nn.Layer, backend: str, amp_context: Callable | None = None) -> Forward:
+def eval_forward(model: paddle.nn.Layer, backend: str, amp_context: Callable | None = None,
+                 traced: TracedForwards | None = None) -> Forward:
     """``images -> logits`` for ``model`` in eval mode on the resolved ``backend``; on the CPU each
-    image's logits are independent of the others in its batch."""
+    image's logits are independent of the others in its batch. ``traced``: see ``OneDNNForward``."""
     if resolve_eval_backend(backend, amp_context is not None) == "onednn":
-        return OneDNNForward(model)
+        return OneDNNForward(model, traced)
 
     def forward(images: paddle.Tensor) -> paddle.Tensor:
         if amp_context is None:

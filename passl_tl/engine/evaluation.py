@@ -9,6 +9,7 @@ import numpy as np
 import paddle
 
 from ..utils.dist import all_reduce_sum, is_main, world_size
+from ..utils.inference import TracedForwards
 from ..utils.logger import get_logger
 from ..utils.progress import ProgressLog
 from .data import batches
@@ -18,9 +19,10 @@ from .eval_forward import eval_forward
 @paddle.no_grad()
 def evaluate(model: paddle.nn.Layer, loader: Iterable, amp_context: Callable | None = None,
              backend: str = "dygraph", logits: list[np.ndarray] | None = None,
-             what: str = "evaluated images") -> dict[str, float]:
+             what: str = "evaluated images", traced: TracedForwards | None = None) -> dict[str, float]:
     """Accuracy of ``model`` (eval mode) over ``loader``; the loader shards without padding.
     ``backend``: see ``eval_forward`` (``img_per_s`` includes compiling the program for oneDNN).
+    ``traced``: keeps the model's traced program for the next evaluations on oneDNN (see ``OneDNNForward``).
     ``logits``: a list that receives each batch's logits (float32, this process's images in the
     loader's order), for checking them image by image. An evaluation that runs long (an ImageNet one on a CPU:
     half an hour) logs its progress on rank 0 as ``what: done/total ...`` (:class:`ProgressLog`; images done
@@ -31,7 +33,7 @@ def evaluate(model: paddle.nn.Layer, loader: Iterable, amp_context: Callable | N
     start = time.time()
     dataset = getattr(loader, "dataset", None)
     try:
-        forward = eval_forward(model, backend, amp_context)
+        forward = eval_forward(model, backend, amp_context, traced)
         progress = ProgressLog(len(dataset), what, get_logger().info) if dataset is not None and is_main() else None
         with contextlib.closing(batches(loader)) as stream:  # a failing forward ends the loader's workers now
             for images, labels in stream:

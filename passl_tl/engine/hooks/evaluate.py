@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 from ...utils.dist import broadcast_buffers
+from ...utils.inference import TracedForwards
 from ...utils.registry import HOOKS, ConfigError, PositiveInt
 from ..evaluation import evaluate
 from .hook import Hook
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
 class EvaluateHook(Hook):
     """Evaluates the model and, if one is tracked, its EMA; both are logged. ``track`` picks the
     metrics that choose the best checkpoint: ``"ema"`` (the LV-ViT and T2T-ViT recipes; the model's
-    when there is no EMA) or ``"model"`` (DeiT reports its raw model and only saves the EMA)."""
+    when there is no EMA) or ``"model"`` (DeiT reports its raw model and only saves the EMA). The model's and
+    the EMA's programs for oneDNN are traced at the first evaluation only (see ``TracedForwards``)."""
 
     priority = 35
 
@@ -25,6 +27,7 @@ class EvaluateHook(Hook):
             raise ConfigError(f"EvaluateHook track must be 'ema' or 'model', got {track!r}")
         self.interval = interval
         self.track = track
+        self.traced = TracedForwards()
 
     def after_train_epoch(self, trainer: "Trainer") -> None:
         last = trainer.epoch + 1 == trainer.max_epochs
@@ -35,12 +38,12 @@ class EvaluateHook(Hook):
         backend = trainer.cfg["eval_backend"]
         metrics = {f"model/{k}": v for k, v in evaluate(
             trainer.model_without_ddp, trainer.val_loader, trainer.amp_context, backend,
-            what=f"epoch {trainer.epoch} eval (model), images").items()}
+            what=f"epoch {trainer.epoch} eval (model), images", traced=self.traced).items()}
         tracked = "model"
         if trainer.ema is not None:
             broadcast_buffers(trainer.ema.module)
             metrics.update({f"ema/{k}": v for k, v in evaluate(
                 trainer.ema.module, trainer.val_loader, trainer.amp_context, backend,
-                what=f"epoch {trainer.epoch} eval (EMA), images").items()})
+                what=f"epoch {trainer.epoch} eval (EMA), images", traced=self.traced).items()})
             tracked = self.track
         trainer.metrics = {**metrics, "top1": metrics[f"{tracked}/top1"], "tracked": tracked}
