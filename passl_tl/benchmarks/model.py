@@ -35,6 +35,7 @@ import importlib.util
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -438,7 +439,6 @@ def side_by_side_report(results: Mapping[str, Any]) -> str:
 
 
 def _median(values: list[float]) -> float:
-    import statistics
     return float(statistics.median(values))
 
 
