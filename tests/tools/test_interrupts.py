@@ -164,6 +164,9 @@ def wrapped_interrupt() -> None:
 
 if __name__ == "__main__":
     from passl_tl.utils.cli import run_tool
+    # Ctrl-C as a terminal's foreground job gets it: a suite started in the background by a non-interactive shell
+    # (`.ci/run &`) hands its processes SIGINT ignored, and Python then keeps it ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     mode = sys.argv[1]
     if mode == "exit":  # registered before run_tool's, this exit handler runs after them
         atexit.register(os.kill, os.getpid(), signal.SIGINT)
