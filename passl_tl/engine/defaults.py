@@ -6,6 +6,7 @@ DEFAULTS = {
     "seed": 0,
     "device": "cpu",             # "cpu", "gpu" (the launcher picks the card), "gpu:N"; a GPU without CUDA: the CPU
     "threads": 0,                # CPU threads of Paddle's kernels per process (0: all available CPUs)
+    "compile": False,            # train with a compiled (static-graph) forward + loss; false: eager
     "eval_backend": "auto",      # "dygraph", "onednn" (CPU: Paddle Inference), "auto" (onednn on CPU without AMP)
     "output_dir": "output/run",
     "class_names": None,         # a name per class (a list): what exported models and predictions call the classes
@@ -43,6 +44,7 @@ DEFAULTS = {
 # (an int is not a bool nor 2.0), finite and within the bounds; the key path under the config's top level.
 BOUNDS = {
     "seed": NonNegativeInt,
+    "compile": bool,
     "threads": NonNegativeInt,
     "epochs": PositiveInt,
     "amp.init_loss_scaling": PositiveFloat,

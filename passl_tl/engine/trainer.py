@@ -27,6 +27,7 @@ from .hooks.hook import Hook
 from .hooks.lr_scheduler import LRSchedulerHook
 from .optim_wrapper import OptimWrapper
 from .preemption import StopSignals
+from .step_forward import build_step_forward, run_step_forward
 from .sample_order import check_same_sample_order, sample_order
 
 AMP_DTYPES = ("float16", "bfloat16")
@@ -78,10 +79,12 @@ class Trainer:
         self.rank = rank()
         self.output_dir = cfg["output_dir"]
         self.model_without_ddp = model
-        self.model = paddle.DataParallel(model) if world_size() > 1 else model
         self.train_loader, self.val_loader = train_loader, val_loader
         self.optim_wrapper, self.lr_scheduler = optim_wrapper, lr_scheduler
         self.amp_context = amp_context_from(cfg["amp"])
+        self.compiled = cfg["compile"]
+        step_forward = build_step_forward(model, self.amp_context, self.compiled)
+        self.step_forward = paddle.DataParallel(step_forward) if world_size() > 1 else step_forward
         self.hooks = dict(sorted(hooks.items(), key=lambda item: item[1].priority))
         if not any(isinstance(h, LRSchedulerHook) for h in self.hooks.values()) and is_main():
             get_logger().warning("no LRSchedulerHook configured: the learning rate stays at the optimizer's lr")
@@ -91,6 +94,7 @@ class Trainer:
         mixtoken = batch_pipeline.get("mixtoken")
         if mixtoken is not None:
             mixtoken.check_steps(self.max_epochs * self.iters_per_epoch)
+        self.mixes_tokens = mixtoken is not None
         self.ema = None
         self.epoch = self.iter = self.global_step = 0
         self.start_epoch = self.start_iter = 0
@@ -169,7 +173,7 @@ class Trainer:
                 self.epoch = epoch
                 self._set_epoch(epoch, self.start_iter if epoch == self.start_epoch else 0)
                 self._call("before_train_epoch")
-                self.model.train()
+                self.model_without_ddp.train()
                 first = self.start_iter if epoch == self.start_epoch else 0
                 with contextlib.closing(batches(self.train_loader)) as stream:  # an error ends the workers
                     for self.iter, (images, labels) in enumerate(stream, start=first):
@@ -190,9 +194,7 @@ class Trainer:
     def train_step(self, batch: Batch) -> StepOutputs:
         """Forward (with the batch's MixToken box), loss, and the update of one batch."""
         paddle.seed(derived_seed(self.seed, self.rank, self.global_step, 0))  # drop path / dropout
-        with (self.amp_context() if self.amp_context else contextlib.nullcontext()):
-            outputs = self.model(batch.images, mix_box=batch.mix_box)
-            loss = self.model_without_ddp.loss(outputs, batch)
+        loss, outputs = run_step_forward(self.step_forward, batch, self.compiled, self.mixes_tokens)
         where = f"epoch {self.epoch} iteration {self.iter + 1} (step {self.global_step})"
         stepped = self.optim_wrapper.update(loss, self.iter, self.iters_per_epoch, where, self._newest_checkpoint)
         return StepOutputs(loss, outputs, stepped)

@@ -95,7 +95,11 @@ class TorchBatchNorm2D(nn.BatchNorm2D):
                            momentum=self._momentum, epsilon=self._epsilon, data_format=self._data_format)
         with paddle.no_grad():
             kept = self._momentum * previous
-            self._variance.set_value(kept + (self._variance - kept) * (n / (n - 1)))
+            corrected = kept + (self._variance - kept) * (n / (n - 1))
+            if paddle.in_dynamic_mode():  # set_value: the version autograd checks for the backward stays
+                self._variance.set_value(corrected)
+            else:  # compiled: an assignment the program makes
+                paddle.assign(corrected, output=self._variance)
         return out
 
 

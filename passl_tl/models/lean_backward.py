@@ -19,8 +19,9 @@ LEAN_BACKWARD_VERSIONS = ("3.3.",)
 
 
 def enabled(training: bool) -> bool:
-    """Whether a step may call the gradient kernels itself: training, outside AMP, on a tested Paddle."""
-    return (training and paddle.__version__.startswith(LEAN_BACKWARD_VERSIONS)
+    """Whether a step may call the gradient kernels itself: training, eagerly (a compiled step differentiates
+    its program itself), outside AMP, on a tested Paddle."""
+    return (training and paddle.in_dynamic_mode() and paddle.__version__.startswith(LEAN_BACKWARD_VERSIONS)
             and not paddle.amp.is_autocast_enabled())
 
 
@@ -44,6 +45,11 @@ def act_linear(hidden: Tensor, act: nn.Layer, linear: nn.Linear) -> Tensor:
 def drop_path_add(residual: Tensor | None, branch: Tensor, mask: Tensor, keep: float, divisor: float) -> Tensor:
     """``residual + branch * mask / keep / divisor`` (``residual`` None: the scaled branch alone), written into
     one new tensor, whose backward keeps only the per-sample ``mask`` (autograd would keep ``branch`` too)."""
+    if not paddle.in_dynamic_mode():  # compiled: autograd's ops (the program decides what it keeps)
+        out = branch * mask
+        for d in [keep] if divisor == 1.0 else [keep, divisor]:
+            out = out / paddle.full([], d, dtype=out.dtype)
+        return out if residual is None else out + residual
     if residual is not None and residual.dtype != branch.dtype:  # (AMP) the sum takes the wider type
         return residual + _DropPath.apply(branch, mask, keep, divisor, None)
     return _DropPath.apply(branch, mask, keep, divisor, residual)

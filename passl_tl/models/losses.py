@@ -15,7 +15,8 @@ def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     ``(softmax(logits) · sum_k target_k − target) / positions``, keeping only the logits and the log-sum-exp:
     autograd keeps four logits-sized tensors (the token loss of LV-ViT-T at batch 32: ~100 MB) and runs six
     backward ops through them. The gradients agree with autograd's to float rounding (tested)."""
-    if paddle.amp.is_autocast_enabled() or (logits.stop_gradient and target.stop_gradient):
+    if (paddle.amp.is_autocast_enabled() or not paddle.in_dynamic_mode()  # compiled: the program's backward
+            or (logits.stop_gradient and target.stop_gradient)):
         return _soft_cross_entropy(logits, target)[0]
     return _SoftCrossEntropy.apply(logits, target)
 

@@ -40,18 +40,35 @@ def sample_mix_box(rng: np.random.RandomState, grid_size: Sequence[int], alpha: 
     return x1, y1, x2, y2
 
 
-def is_empty(box: Sequence[int] | None) -> bool:
-    return box is None or box[0] >= box[2] or box[1] >= box[3]
+def is_tensor(box: Sequence[int] | Tensor | None) -> bool:
+    """Whether ``box`` is a tensor: an eager one, or a value of a program being compiled."""
+    return isinstance(box, (Tensor, paddle.pir.Value))
 
 
-def flip_box(x: Tensor, box: Sequence[int] | None, row_axis: int) -> Tensor:
+def is_empty(box: Sequence[int] | Tensor | None) -> bool:
+    """Whether ``box`` certainly mixes nothing (a box tensor may: its values are known only when it runs)."""
+    return box is None or (not is_tensor(box) and (box[0] >= box[2] or box[1] >= box[3]))
+
+
+def box_tensor(box: Sequence[int] | None) -> Tensor:
+    """``box`` as an int64 ``[4]`` tensor (None: the empty box): what a compiled step takes, so every box runs
+    the same program."""
+    return paddle.to_tensor(list(box) if box is not None else [0, 0, 0, 0], dtype="int64")
+
+
+def flip_box(x: Tensor, box: Sequence[int] | Tensor | None, row_axis: int) -> Tensor:
     """Inside ``box``, give sample i the values of sample B−1−i; the box covers indices x1:x2 of
-    ``row_axis`` and y1:y2 of the axis after it. Applying it twice is the identity."""
+    ``row_axis`` and y1:y2 of the axis after it. Applying it twice is the identity.
+
+    A Python box is cut out and pasted back; a box tensor ([4], :func:`box_tensor`) selects through a mask,
+    the same values without knowing the box when the program is built."""
     if box is None:
         return x
-    x1, y1, x2, y2 = (int(v) for v in box)
     col_axis = row_axis + 1
     rows, cols = x.shape[row_axis], x.shape[col_axis]
+    if is_tensor(box):
+        return paddle.where(_box_mask(box, rows, cols, x.ndim, row_axis), paddle.flip(x, axis=0), x)
+    x1, y1, x2, y2 = (int(v) for v in box)
     if not (0 <= x1 <= x2 <= rows and 0 <= y1 <= y2 <= cols):
         raise ValueError(f"box {tuple(box)} does not fit a {rows}x{cols} grid")
     if x1 == x2 or y1 == y2:
@@ -68,7 +85,18 @@ def _replace_span(x: Tensor, axis: int, start: int, stop: int, middle: Tensor) -
     return paddle.concat([before, middle, after], axis=axis)
 
 
-def mix_map(x: Tensor, box: Sequence[int] | None, scale: int = 1, row_axis: int = 1) -> Tensor:
+def _box_mask(box: Tensor, rows: int, cols: int, ndim: int, row_axis: int) -> Tensor:
+    """True inside ``box`` on a ``rows x cols`` grid, shaped to broadcast against an ``ndim``-d map whose grid
+    starts at ``row_axis``."""
+    row_index, col_index = paddle.arange(rows, dtype="int64"), paddle.arange(cols, dtype="int64")
+    in_rows = paddle.logical_and(row_index >= box[0], row_index < box[2])
+    in_cols = paddle.logical_and(col_index >= box[1], col_index < box[3])
+    shape = [1] * ndim
+    shape[row_axis], shape[row_axis + 1] = rows, cols
+    return paddle.logical_and(in_rows.unsqueeze(1), in_cols.unsqueeze(0)).reshape(shape)
+
+
+def mix_map(x: Tensor, box: Sequence[int] | Tensor | None, scale: int = 1, row_axis: int = 1) -> Tensor:
     """A feature map whose grid is ``scale`` times finer than the box's grid, with the box (scaled by ``scale``)
     swapped between partners; rows along ``row_axis``, columns the axis after it.
 
@@ -76,7 +104,8 @@ def mix_map(x: Tensor, box: Sequence[int] | None, scale: int = 1, row_axis: int 
     applied to the 2x finer outlooker input) passes its pooling factor as ``scale``."""
     if is_empty(box):
         return x
-    return flip_box(x, tuple(int(v) * scale for v in box), row_axis)
+    scaled = box * scale if is_tensor(box) else tuple(int(v) * scale for v in box)
+    return flip_box(x, scaled, row_axis)
 
 
 def mix_tokens(tokens: Tensor, grid_size: Sequence[int], box: Sequence[int] | None) -> Tensor:
@@ -93,17 +122,23 @@ def mix_tokens(tokens: Tensor, grid_size: Sequence[int], box: Sequence[int] | No
 unmix_tokens = mix_tokens  # swapping the box back is the same swap: each token's logits realign with its sample
 
 
-def mix_lam(box: Sequence[int] | None, num_tokens: int) -> float:
-    """Share of its own tokens a sample keeps: ``1 - box area / N``."""
+def mix_lam(box: Sequence[int] | Tensor | None, num_tokens: int) -> float | Tensor:
+    """Share of its own tokens a sample keeps: ``1 - box area / N`` (a float64 tensor for a box tensor: the
+    same number as the Python float)."""
     if box is None:
         return 1.0
+    if is_tensor(box):
+        area = ((box[2] - box[0]) * (box[3] - box[1])).astype("float64")
+        return 1.0 - area / num_tokens
     x1, y1, x2, y2 = (int(v) for v in box)
     return 1.0 - (x2 - x1) * (y2 - y1) / num_tokens
 
 
-def mix_class_target(target: Tensor, box: Sequence[int] | None, num_tokens: int) -> Tensor:
+def mix_class_target(target: Tensor, box: Sequence[int] | Tensor | None, num_tokens: int) -> Tensor:
     """The class target under MixToken: ``lam * t + (1 - lam) * t.flip(0)`` (unchanged without a box)."""
     lam = mix_lam(box, num_tokens)
+    if is_tensor(lam):  # rounded to the target's type once, as a Python float is
+        return lam.astype(target.dtype) * target + (1.0 - lam).astype(target.dtype) * target.flip(0)
     return target if lam >= 1.0 else lam * target + (1.0 - lam) * target.flip(0)
 
 

@@ -66,7 +66,7 @@ def model_overrides(meta):
     return kwargs
 
 
-def recipe_config(meta, batch_size, out_dir, box_seeds):
+def recipe_config(meta, batch_size, out_dir, box_seeds, compiled=False):
     """The LV-ViT-T config with the fixture's model and recipe arguments (official ``main.py`` names)."""
     args = meta["args"]
     assert not args["mixup"] and not args["cutmix"] and not args["amp"] and args["opt"] == "adamw"
@@ -88,19 +88,21 @@ def recipe_config(meta, batch_size, out_dir, box_seeds):
     cfg["batch"]["mixtoken"]["box_seeds"] = [int(s) for s in box_seeds]
     cfg["batch"]["target"] = None  # the fixture's batches hold the dense targets the official loop receives
     cfg["data"]["val"] = {}
+    cfg["compile"] = compiled
     return cfg
 
 
-@pytest.fixture(scope="module")
-def trajectory(tmp_path_factory):
-    """Our run of the fixture's recipe: (fixture arrays, meta, model, trainer, recorder)."""
+@pytest.fixture(scope="module", params=[False, True], ids=["eager", "compiled"])
+def trajectory(tmp_path_factory, request):
+    """Our run of the fixture's recipe, eager and compiled (``compile``): (fixture arrays, meta, model,
+    trainer, recorder)."""
     ref = load_npz(f"{CASE}.npz")
     meta = json.loads(str(ref["meta"]))
     num_batches = len([k for k in ref if re.fullmatch(r"x/\d+", k)])
     assert num_batches == meta["iters_per_epoch"]
     batches = [(paddle.to_tensor(ref[f"x/{i}"]), paddle.to_tensor(ref[f"target/{i}"])) for i in range(num_batches)]
     cfg = recipe_config(meta, batches[0][0].shape[0], str(tmp_path_factory.mktemp("trajectory")),
-                        ref["step/mix_seed"])
+                        ref["step/mix_seed"], request.param)
     model = build_model(cfg)
     load_weights(model, fixture_path(f"{CASE}.pth"))
     names = official_key_map([k[len("step/after/"):] for k in ref if k.startswith("step/after/")], model)

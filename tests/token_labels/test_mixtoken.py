@@ -5,7 +5,8 @@ import pytest
 
 from passl_tl.batch.pipeline import Batch, Step
 from passl_tl.models import create_model
-from passl_tl.token_labels.mixtoken import MixToken, flip_box, mix_lam, sample_mix_box
+from passl_tl.token_labels.mixtoken import (MixToken, box_tensor, flip_box, mix_class_target, mix_lam, mix_map,
+                                           sample_mix_box)
 from passl_tl.utils.registry import ConfigError
 
 from tests.conftest import load_npz
@@ -60,3 +61,23 @@ def test_flip_box_matches_masked_reference():
     assert flip_box(t, None, 2) is t and flip_box(t, (3, 1, 3, 5), 2) is t
     with pytest.raises(ValueError, match="does not fit"):
         flip_box(t, (0, 0, 6, 2), 2)
+
+
+@pytest.mark.parametrize("box", [(1, 2, 4, 6), (0, 0, 5, 6), (2, 3, 2, 5), (0, 0, 0, 0)])
+def test_box_tensor_gives_the_python_box_values(box):
+    """A compiled step's box (a tensor, unknown when the program is built): the same map, gradient and mixed class
+    target as the Python box, bit for bit."""
+    x = np.random.RandomState(2).standard_normal((3, 2, 5, 6)).astype("float32")
+    results = []
+    for given in (box, box_tensor(box)):
+        t = paddle.to_tensor(x, stop_gradient=False)
+        mixed = mix_map(t, given, scale=1, row_axis=2)
+        (mixed * paddle.arange(mixed.size, dtype="float32").reshape(mixed.shape)).sum().backward()
+        target = paddle.nn.functional.softmax(paddle.to_tensor(x[:, 0, 0]), axis=-1)
+        results.append((mixed.numpy(), t.grad.numpy(), mix_class_target(target, given, 30).numpy()))
+    for python_box, tensor_box in zip(*results):
+        np.testing.assert_array_equal(tensor_box, python_box)
+    scaled = mix_map(paddle.to_tensor(np.tile(x, (1, 1, 2, 2))), box_tensor((1, 1, 2, 3)), scale=2, row_axis=2)
+    np.testing.assert_array_equal(scaled.numpy(), mix_map(paddle.to_tensor(np.tile(x, (1, 1, 2, 2))), (1, 1, 2, 3),
+                                                          scale=2, row_axis=2).numpy())
+    assert box_tensor(None).tolist() == [0, 0, 0, 0]
