@@ -3,6 +3,7 @@ or compiled into a static program (``compile: true``): the optimizer wrapper the
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Callable, Iterator
 
 import paddle
@@ -11,6 +12,7 @@ from paddle import Tensor
 
 from ..batch.pipeline import Batch
 from ..token_labels.mixtoken import box_tensor
+from ..utils.logger import get_logger
 
 
 class StepForward(nn.Layer):
@@ -33,6 +35,10 @@ class StepForward(nn.Layer):
 def build_step_forward(model: nn.Layer, amp_context: Callable | None, compiled: bool) -> StepForward:
     """A :class:`StepForward`; ``compiled``: traced into a static program once per input shape (a MixToken box
     enters as a tensor, so boxes do not re-trace), whose backward Paddle builds from the program."""
+    if compiled and amp_context is not None and paddle.get_device() == "cpu":
+        # Eager autocast leaves a CPU step in float32; a program would cast, and CPU BatchNorm has no half kernels
+        get_logger().warning("amp on the CPU: the compiled step runs in float32, as the eager step does")
+        amp_context = None
     step = StepForward(model, amp_context)
     return paddle.jit.to_static(step, full_graph=True) if compiled else step
 
@@ -44,7 +50,9 @@ def run_step_forward(step_forward: nn.Layer, batch: Batch, compiled: bool, mixes
     if not compiled:
         return step_forward(batch.images, batch.targets, batch.teacher_logits, batch.mix_box)
     box = box_tensor(batch.mix_box) if mixes_tokens else None
-    with paddle_flags(COMPILED_STEP_FLAGS):
+    with paddle_flags(COMPILED_STEP_FLAGS), warnings.catch_warnings():
+        # Paddle's own backward construction asks a program value for its place (it has none) and warns
+        warnings.filterwarnings("ignore", message="Tensor do not have 'place' interface", category=UserWarning)
         return step_forward(batch.images, batch.targets, batch.teacher_logits, box)
 
 

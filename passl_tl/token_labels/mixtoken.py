@@ -67,7 +67,8 @@ def flip_box(x: Tensor, box: Sequence[int] | Tensor | None, row_axis: int) -> Te
     col_axis = row_axis + 1
     rows, cols = x.shape[row_axis], x.shape[col_axis]
     if is_tensor(box):
-        return paddle.where(_box_mask(box, rows, cols, x.ndim, row_axis), paddle.flip(x, axis=0), x)
+        inside = paddle.broadcast_to(_box_mask(box, rows, cols, x.ndim, row_axis), x.shape)  # where's own path
+        return paddle.where(inside, paddle.flip(x, axis=0), x)                                  # adds zeros
     x1, y1, x2, y2 = (int(v) for v in box)
     if not (0 <= x1 <= x2 <= rows and 0 <= y1 <= y2 <= cols):
         raise ValueError(f"box {tuple(box)} does not fit a {rows}x{cols} grid")

@@ -139,6 +139,38 @@ def test_amp_switch_is_accepted(reference_run, tmp_path):
     assert losses and all(np.isfinite(losses)) and metrics["model/count"] == 30
 
 
+def logged_losses(out_dir: str) -> list[str]:
+    return [line.split(" loss ")[1].split()[0] for line in open(os.path.join(out_dir, "log.txt")).read().splitlines()
+            if " loss " in line]
+
+
+@pytest.mark.slow
+def test_compiled_run_matches_the_eager_run(reference_run, tmp_path):
+    """``compile=true`` on the reference run's recipe (drop path, MixToken, EMA, 10 steps): the same logged losses
+    and final weights to 5e-5 (Adam's normalised update amplifies the compiled backward's float rounding, most
+    in the conv stem's BatchNorm); its evaluation runs on the shared (eager) weights."""
+    out = str(tmp_path / "compiled")
+    metrics = train.main(["-c", DEMO_CONFIG, "-o", *small_run_overrides(reference_run.data_root, out), "compile=true"])
+    assert logged_losses(out) == logged_losses(reference_run.out) and len(logged_losses(out)) == 6
+    eager, compiled = state(os.path.join(reference_run.out, "final.pdparams")), state(os.path.join(out, "final.pdparams"))
+    assert eager.keys() == compiled.keys()
+    for key in eager:
+        np.testing.assert_allclose(compiled[key], eager[key], rtol=0, atol=5e-5, err_msg=key)
+    assert metrics["model/count"] == 30
+
+
+@pytest.mark.slow
+def test_compiled_step_with_amp_on_the_cpu_runs_float32(reference_run, tmp_path, caplog):
+    """Eager autocast leaves a CPU step in float32; the compiled step does the same (a program would cast, and the
+    CPU has no half-precision BatchNorm) and says so."""
+    out = str(tmp_path / "compiled_amp")
+    with pytest.warns(UserWarning, match="amp_guard"):
+        train.main(["-c", DEMO_CONFIG, "-o", *small_run_overrides(reference_run.data_root, out, epochs=1),
+                    "compile=true", "amp.enable=true", "amp.dtype=bfloat16"])
+    assert logged_losses(out) == logged_losses(reference_run.out)[:3]
+    assert "the compiled step runs in float32" in open(os.path.join(out, "log.txt")).read()
+
+
 def test_mixup_cutmix_and_accumulation_train(reference_run, tmp_path):
     """The optional recipe switches on a real run: Mixup/CutMix on token-label targets and
     gradient accumulation (5 iterations with accumulate_steps=2 -> 3 optimizer steps)."""
@@ -224,6 +256,15 @@ def test_two_process_launch_trains_and_counts_each_val_image_once(reference_run,
     assert fingerprints[0] == fingerprints[1]
     assert "[5/5]" in logs[0]  # 80 images / (8 per process x 2 processes)
     assert os.path.exists(os.path.join(dist_out, "final.pdparams"))
+    # the compiled step under DataParallel: replicas in sync, and the eager launch's weights
+    compiled_out = str(tmp_path / "dist_compiled")
+    _, logs = launch_two([train.__file__, "-c", DEMO_CONFIG, "-o", *small_run_overrides(
+        data_root, compiled_out, epochs=1, workers=1), "data.batch_size=8", "compile=true"],
+        tmp_path / "log_compiled", timeout=600)
+    assert len({re.search(r"weights fingerprint (\S+)", logs[r]).group(1) for r in (0, 1)}) == 1
+    eager, compiled = state(os.path.join(dist_out, "final.pdparams")), state(os.path.join(compiled_out, "final.pdparams"))
+    for key in eager:  # as test_compiled_run_matches_the_eager_run
+        np.testing.assert_allclose(compiled[key], eager[key], rtol=0, atol=5e-5, err_msg=key)
     # evaluation sharded over 2 processes equals the single-process result
     eval_overrides = small_run_overrides(data_root, str(tmp_path / "eval"))
     _, logs = launch_two([train.__file__, "-c", DEMO_CONFIG, "-o", *eval_overrides, "--evaluate-only",

@@ -78,6 +78,7 @@ BAD_VALUES = [
     ("data.repeated_augmentation=0", rf"data\.repeated_augmentation = 0{DEMO}an int >= 1"),
     ("seed=-1", rf"seed = -1{DEMO}an int >= 0"),
     ("threads=-2", rf"threads = -2{DEMO}an int >= 0"),
+    ("compile=1", rf"compile = 1{DEMO}true or false"),
     ("amp.init_loss_scaling=0", rf"amp\.init_loss_scaling = 0\.0{DEMO}{FINITE} > 0"),
     # hooks
     ("hooks.checkpoint.interval=0", rf"hooks\.checkpoint\.interval = 0{DEMO}an int >= 1 \(CheckpointHook\)"),
