@@ -44,7 +44,6 @@ DEFAULTS = {
 # (an int is not a bool nor 2.0), finite and within the bounds; the key path under the config's top level.
 BOUNDS = {
     "seed": NonNegativeInt,
-    "compile": bool,
     "threads": NonNegativeInt,
     "epochs": PositiveInt,
     "amp.init_loss_scaling": PositiveFloat,
