@@ -60,30 +60,22 @@ def flip_box(x: Tensor, box: Sequence[int] | Tensor | None, row_axis: int) -> Te
     """Inside ``box``, give sample i the values of sample B−1−i; the box covers indices x1:x2 of
     ``row_axis`` and y1:y2 of the axis after it. Applying it twice is the identity.
 
-    A Python box is cut out and pasted back; a box tensor ([4], :func:`box_tensor`) selects through a mask,
-    the same values without knowing the box when the program is built."""
+    A mask of the box selects between ``x`` and its batch flip: the same values as cutting the box out and
+    pasting it back, in half the time with the backward (slices' gradients fill and add whole zero maps),
+    and a box tensor ([4], :func:`box_tensor`) needs no values when a compiled program is built."""
     if box is None:
         return x
     col_axis = row_axis + 1
     rows, cols = x.shape[row_axis], x.shape[col_axis]
-    if is_tensor(box):
-        inside = paddle.broadcast_to(_box_mask(box, rows, cols, x.ndim, row_axis), x.shape)  # where's own path
-        return paddle.where(inside, paddle.flip(x, axis=0), x)                                  # adds zeros
-    x1, y1, x2, y2 = (int(v) for v in box)
-    if not (0 <= x1 <= x2 <= rows and 0 <= y1 <= y2 <= cols):
-        raise ValueError(f"box {tuple(box)} does not fit a {rows}x{cols} grid")
-    if x1 == x2 or y1 == y2:
-        return x
-    band = paddle.slice(x, [row_axis], [x1], [x2])
-    inside = paddle.flip(paddle.slice(band, [col_axis], [y1], [y2]), axis=0)
-    return _replace_span(x, row_axis, x1, x2, _replace_span(band, col_axis, y1, y2, inside))
-
-
-def _replace_span(x: Tensor, axis: int, start: int, stop: int, middle: Tensor) -> Tensor:
-    """``x`` with indices start:stop along ``axis`` replaced by ``middle``."""
-    before = paddle.slice(x, [axis], [0], [start])
-    after = paddle.slice(x, [axis], [stop], [x.shape[axis]])
-    return paddle.concat([before, middle, after], axis=axis)
+    if not is_tensor(box):
+        x1, y1, x2, y2 = (int(v) for v in box)
+        if not (0 <= x1 <= x2 <= rows and 0 <= y1 <= y2 <= cols):
+            raise ValueError(f"box {tuple(box)} does not fit a {rows}x{cols} grid")
+        if x1 == x2 or y1 == y2:
+            return x
+        box = box_tensor(box)
+    inside = paddle.broadcast_to(_box_mask(box, rows, cols, x.ndim, row_axis), x.shape)  # where's own path
+    return paddle.where(inside, paddle.flip(x, axis=0), x)                                  # adds zeros
 
 
 def _box_mask(box: Tensor, rows: int, cols: int, ndim: int, row_axis: int) -> Tensor:
