@@ -27,8 +27,8 @@ from .hooks.hook import Hook
 from .hooks.lr_scheduler import LRSchedulerHook
 from .optim_wrapper import OptimWrapper
 from .preemption import StopSignals
-from .step_forward import build_step_forward, run_step_forward
 from .sample_order import check_same_sample_order, sample_order
+from .step_forward import build_step_forward, run_step_forward
 
 AMP_DTYPES = ("float16", "bfloat16")
 
