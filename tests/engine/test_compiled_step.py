@@ -82,3 +82,25 @@ def test_compiled_step_flags_are_restored():
     run_step_forward(build_step_forward(model, None, True), Batch(images, paddle.full([2, CLASSES], 1 / CLASSES)),
                      True, False)
     assert paddle.get_flags(list(COMPILED_STEP_FLAGS)) == before
+
+
+class HostSideStudent(paddle.nn.Layer):
+    """A student whose forward reads tensor values in Python: it cannot be traced."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = paddle.nn.Linear(4, 3)
+
+    def forward(self, x, mix_box=None):
+        if max(max(row) for row in x.tolist()) > 100:
+            x = x / 100
+        return self.fc(x)
+
+    def loss(self, outputs, batch):
+        return ((outputs - batch.targets) ** 2).mean()
+
+
+def test_a_model_that_cannot_be_traced_fails_at_the_first_step_naming_its_line():
+    step_forward = build_step_forward(HostSideStudent(), None, True)
+    with pytest.raises(Exception, match=r"(?s)In transformed code.*x\.tolist\(\)"):
+        run_step_forward(step_forward, Batch(paddle.randn([2, 4]), paddle.randn([2, 3])), True, False)
