@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from types import FrameType
+from typing import Callable
 
 from ..utils.logger import get_logger
 
@@ -47,8 +48,20 @@ class StopSignals:
         name = signal.Signals(signum).name
         if self.signal is None:
             self.signal, self._first_at = signum, time.monotonic()
-            get_logger().warning(f"received {name}: finishing the current step, then saving a checkpoint and "
-                                 f"stopping (a second signal stops at once)")
+            log_outside_handler(get_logger().warning, f"received {name}: finishing the current step, then saving "
+                                                      f"a checkpoint and stopping (a second signal stops at once)")
         elif signum != self.signal or time.monotonic() - self._first_at > REPEAT_WINDOW_S:
-            get_logger().error(f"received {name} again: stopping at once, without a checkpoint")
+            log_outside_handler(get_logger().error, f"received {name} again: stopping at once, without a checkpoint",
+                                wait_s=1.0)
             os._exit(128 + signum)
+
+
+def log_outside_handler(log: Callable[[str], None], message: str, wait_s: float = 0.0) -> None:
+    """``log(message)`` from another thread. A signal handler runs between two bytecodes of the main thread, which
+    may be inside a log call writing the same buffered file: logging from the handler fails there ("reentrant
+    call"), while another thread waits for the main thread to finish its write. ``wait_s``: wait up to that long
+    for it (the process is about to end)."""
+    thread = threading.Thread(target=log, args=(message,), name="passl_tl-signal-log", daemon=True)
+    thread.start()
+    if wait_s:
+        thread.join(wait_s)

@@ -213,8 +213,10 @@ class Trainer:
         kept = list_checkpoints(self.output_dir)
         saved = f"the newest checkpoint is {kept[-1]}" if kept else "no checkpoint was saved (no CheckpointHook)"
         cause = signals.name if signals.requested else "a stop signal to another process"
-        raise Preempted(f"stopped on {cause} after epoch {self.epoch} iteration {iters_done}: {saved}; continue "
-                        f"with --resume auto")
+        message = f"stopped on {cause} after epoch {self.epoch} iteration {iters_done}: {saved}; continue with --resume auto"
+        # logged before the loader shuts down: a launcher ends the other ranks once one of them has exited
+        get_logger().warning(message)
+        raise Preempted(message)
 
     def _newest_checkpoint(self) -> str:
         kept = list_checkpoints(self.output_dir)

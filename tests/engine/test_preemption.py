@@ -8,12 +8,14 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from passl_tl.engine.preemption import REPEAT_WINDOW_S, StopSignals
 from passl_tl.utils.errors import PREEMPTED_EXIT_CODE
+from passl_tl.utils.logger import get_logger
 
 from tests.conftest import (DEMO_CONFIG, REPO_ROOT, assert_same_final_state, clean_env, launch_two,
                             processes_with, small_run_overrides, train)
@@ -72,6 +74,21 @@ def test_first_signal_requests_a_stop_and_repeats_of_it_are_one_request():
             time.sleep(0.05)
         assert signals.requested and signals.name == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is not signals._handle  # restored
+
+
+def test_the_signal_handler_logs_from_another_thread(monkeypatch):
+    """The handler may interrupt the main thread inside a log write to the same buffered file; logging from
+    the handler then fails ("reentrant call"), so the handler hands its line to another thread."""
+    threads = []
+    logger = get_logger()
+    monkeypatch.setattr(logger, "warning", lambda message: threads.append((threading.current_thread(), message)))
+    with StopSignals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while not threads and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert len(threads) == 1 and threads[0][0] is not threading.main_thread()
+    assert threads[0][1].startswith("received SIGTERM: finishing the current step")
 
 
 @pytest.mark.parametrize("second, pause, code", [("SIGINT", 0.0, 130), ("SIGTERM", REPEAT_WINDOW_S + 0.5, 143)])
