@@ -47,12 +47,17 @@ def drop_path_add(residual: Tensor | None, branch: Tensor, mask: Tensor, keep: f
     one new tensor, whose backward keeps only the per-sample ``mask`` (autograd would keep ``branch`` too)."""
     if not paddle.in_dynamic_mode():  # compiled: autograd's ops (the program decides what it keeps)
         out = branch * mask
-        for d in [keep] if divisor == 1.0 else [keep, divisor]:
+        for d in _divisors(keep, divisor):
             out = out / paddle.full([], d, dtype=out.dtype)
         return out if residual is None else out + residual
     if residual is not None and residual.dtype != branch.dtype:  # (AMP) the sum takes the wider type
         return residual + _DropPath.apply(branch, mask, keep, divisor, None)
     return _DropPath.apply(branch, mask, keep, divisor, residual)
+
+
+def _divisors(keep: float, divisor: float) -> list[float]:
+    """What a drop-path branch is divided by, in order (a divisor of 1 skipped, as the eager op order has it)."""
+    return [keep] if divisor == 1.0 else [keep, divisor]
 
 
 # ----------------------------------------------------------------------------- their backward
@@ -127,7 +132,7 @@ class _DropPath(PyLayer):
     @staticmethod
     def forward(ctx, x: Tensor, mask: Tensor, keep: float, divisor: float, residual: Tensor | None) -> Tensor:
         ctx.save_for_backward(mask)
-        ctx.divisors = [keep] if divisor == 1.0 else [keep, divisor]
+        ctx.divisors = _divisors(keep, divisor)
         ctx.needs_grad = [not t.stop_gradient for t in (x, mask, residual) if t is not None]
         out = x * mask
         for d in ctx.divisors:
